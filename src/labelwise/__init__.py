@@ -1,0 +1,45 @@
+"""labelwise: label texts with an LLM against a fixed taxonomy, few-shot from a labeled corpus.
+
+Names are re-exported from private modules and imported on first use, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text"],
+    "._taxonomy": ["Taxonomy", "load_taxonomy"],
+    "._prompts": ["PromptSpec", "load_prompt"],
+    "._examples": ["SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector"],
+    "._models": ["Model", "ModelRequest", "ModelAnswer", "LocalModel", "OpenAIModel", "get_model"],
+    "._cache": ["ResponseCache"],
+    "._schema": ["Prediction"],
+    "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],
+    "._metrics": ["score", "compare", "confusion"],
+    "._runner": ["relabel", "RelabelConfig"],
+    "._evals": ["run_eval", "EvalSpec"],
+    "._exceptions": [
+        "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
+        "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",
+    ],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'labelwise' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,58 @@
+"""Persistent response cache: a second identical call costs no model call, and nothing is silently evicted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResponseCache", "default_cache_dir", "stable_hash"]
+
+
+def default_cache_dir() -> Path:
+    """`$LABELWISE_CACHE_DIR`, else `~/.cache/labelwise`."""
+    return Path(os.environ.get("LABELWISE_CACHE_DIR") or Path.home() / ".cache" / "labelwise")
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON: the same inputs give the same key in every process."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """diskcache with eviction off; model answers and finished predictions under namespaced keys."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        import diskcache
+
+        self.directory = Path(directory) if directory else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(self.directory), eviction_policy="none", size_limit=2**50)
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, namespace: str, key: str) -> Any | None:
+        """The stored value, or None."""
+        value = self._cache.get(f"{namespace}:{key}")
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def set(self, namespace: str, key: str, value: Any) -> None:
+        """Store a successful result (callers never store failures)."""
+        self._cache.set(f"{namespace}:{key}", value)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        """Drop everything (only on the user's request)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()

@@ -1,0 +1,166 @@
+"""Few-shot example selection from a labeled pool, as LangChain example selectors, with a leakage guard."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from typing import Any
+
+from langchain_core.example_selectors import BaseExampleSelector
+
+from ._corpus import Corpus, Item, item_id
+
+__all__ = ["PoolSelector", "SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector", "STRATEGIES"]
+
+
+def _as_example(it: Item) -> dict[str, Any]:
+    return {"id": it.id, "text": it.text, "labels": list(it.labels)}
+
+
+class PoolSelector(BaseExampleSelector):
+    """Base of our selectors: a pool of labeled items, K, and never the query's own text (by content id)."""
+
+    def __init__(self, pool: Corpus | list[Item], k: int, seed: int = 0) -> None:
+        self.items: list[Item] = [it for it in pool if it.labels]
+        self.k = k
+        self.seed = seed
+
+    def add_example(self, example: dict[str, Any]) -> None:
+        """Add one labeled example ({"text", "labels"}) to the pool."""
+        self.items.append(Item(item_id(example["text"]), example["text"], tuple(example["labels"])))
+        self._changed()
+
+    def _changed(self) -> None:
+        """Hook for selectors that index the pool."""
+
+    def select_examples(self, input_variables: dict[str, Any]) -> list[dict[str, Any]]:
+        """Up to K examples for the input `text`; the text itself (and any identical text) is excluded."""
+        if self.k <= 0 or not self.items:
+            return []
+        qid = input_variables.get("id") or item_id(input_variables["text"])
+        return [_as_example(self.items[i]) for i in self._select(input_variables["text"], qid)]
+
+    def _select(self, text: str, qid: str) -> list[int]:
+        raise NotImplementedError
+
+
+class SimilarSelector(PoolSelector):
+    """Nearest neighbours by character n-gram TF-IDF cosine: no word segmentation needed for Chinese."""
+
+    def __init__(self, pool, k: int, seed: int = 0, ngram_range: tuple[int, int] = (1, 3)) -> None:
+        super().__init__(pool, k, seed)
+        self.ngram_range = ngram_range
+        self._index = None
+
+    def _changed(self) -> None:
+        self._index = None
+
+    def _fit(self):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(analyzer="char", ngram_range=self.ngram_range, sublinear_tf=True)
+        matrix = vec.fit_transform([it.text for it in self.items])
+        self._index = (vec, matrix, [it.id for it in self.items])
+        return self._index
+
+    def similarities(self, text: str):
+        """Cosine similarity of `text` to every pool item."""
+        vec, matrix, _ = self._index or self._fit()
+        return (matrix @ vec.transform([text]).T).toarray().ravel()
+
+    def _select(self, text: str, qid: str) -> list[int]:
+        import numpy as np
+
+        sims = self.similarities(text)
+        ids = self._index[2]
+        take = min(len(sims), self.k + 1)
+        top = np.argpartition(-sims, take - 1)[:take]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [int(i) for i in top if ids[i] != qid][: self.k]
+
+
+class DiverseSelector(SimilarSelector):
+    """Cover as many labels as K allows: per label its nearest example, labels ordered by that nearness."""
+
+    def _select(self, text: str, qid: str) -> list[int]:
+        import numpy as np
+
+        sims = self.similarities(text)
+        ids = self._index[2]
+        order = np.argsort(-sims, kind="stable")
+        chosen: list[int] = []
+        covered: set[str] = set()
+        for i in order:
+            if ids[i] == qid:
+                continue
+            if not covered.issuperset(self.items[i].labels):
+                chosen.append(int(i))
+                covered.update(self.items[i].labels)
+                if len(chosen) == self.k:
+                    return chosen
+        rest = [int(i) for i in order if ids[i] != qid and int(i) not in chosen]
+        return chosen + rest[: self.k - len(chosen)]
+
+
+class RandomSelector(PoolSelector):
+    """Seeded, label-stratified random examples: labels drawn by their frequency, one example each."""
+
+    def __init__(self, pool, k: int, seed: int = 0) -> None:
+        super().__init__(pool, k, seed)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.by_label: dict[str, list[int]] = defaultdict(list)
+        for i, it in enumerate(self.items):
+            self.by_label[it.labels[0]].append(i)
+
+    def _select(self, text: str, qid: str) -> list[int]:
+        digest = hashlib.sha256(f"{self.seed}:{qid}".encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        labels = list(self.by_label)
+        weights = [len(self.by_label[lab]) for lab in labels]
+        chosen: list[int] = []
+        while labels and len(chosen) < self.k:
+            j = rng.choices(range(len(labels)), weights)[0]
+            candidates = [i for i in self.by_label[labels[j]] if self.items[i].id != qid and i not in chosen]
+            if candidates:
+                chosen.append(rng.choice(candidates))
+            del labels[j], weights[j]
+        if len(chosen) < self.k:
+            rest = [i for i in range(len(self.items)) if self.items[i].id != qid and i not in chosen]
+            chosen += rng.sample(rest, min(len(rest), self.k - len(chosen)))
+        return chosen
+
+
+class FixedSelector(PoolSelector):
+    """The same examples for every text: the first pool item of each label, most frequent labels first."""
+
+    def _select(self, text: str, qid: str) -> list[int]:
+        counts: dict[str, int] = defaultdict(int)
+        first: dict[str, int] = {}
+        for i, it in enumerate(self.items):
+            counts[it.labels[0]] += 1
+            first.setdefault(it.labels[0], i)
+        order = sorted(first, key=lambda lab: (-counts[lab], first[lab]))
+        picked = [first[lab] for lab in order if self.items[first[lab]].id != qid]
+        if len(picked) < self.k:
+            picked += [i for i in range(len(self.items)) if i not in picked and self.items[i].id != qid]
+        return picked[: self.k]
+
+
+STRATEGIES: dict[str, type[PoolSelector]] = {
+    "similar": SimilarSelector,
+    "diverse": DiverseSelector,
+    "random": RandomSelector,
+    "fixed": FixedSelector,
+}
+
+
+def make_selector(strategy: str, pool: Corpus | list[Item], k: int, seed: int = 0) -> PoolSelector:
+    """The selector for a strategy name."""
+    try:
+        cls = STRATEGIES[strategy]
+    except KeyError:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}") from None
+    return cls(pool, k, seed)

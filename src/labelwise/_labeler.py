@@ -1,0 +1,348 @@
+"""The labeler: examples + prompt -> model -> validated prediction, cached, with re-asks on invalid answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._cache import ResponseCache, stable_hash
+from ._corpus import Corpus, Item, item_id, load_corpus, normalize_text
+from ._examples import make_selector
+from ._exceptions import ModelError, TransportError
+from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model
+from ._prompts import PromptSpec, load_prompt
+from ._ratelimit import RateLimiter
+from ._schema import Prediction, answer_model, batch_answer_model, label_confidence, parse_answer, parse_batch_answer, short_error
+from ._taxonomy import Taxonomy, load_taxonomy
+
+__all__ = ["Labeler", "LabelerConfig", "DEFAULT_CORPUS", "run_sync"]
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "policy_labels.tsv"
+T = TypeVar("T")
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run a coroutine to completion from sync code, also inside a running loop (e.g. Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class LabelerConfig(BaseModel):
+    """Everything that decides a labeler's answers (and so its cache keys), strictly validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "local"
+    base_url: str | None = None
+    examples: str | None = str(DEFAULT_CORPUS)
+    taxonomy: str | None = None
+    shots: int = Field(8, ge=0, le=64)
+    strategy: Literal["similar", "diverse", "random", "fixed"] = "similar"
+    prompt: str = "fewshot"
+    multi_label: bool = True
+    max_labels: int = Field(3, ge=1, le=10)
+    max_reasks: int = Field(2, ge=0, le=10)
+    seed: int = 0
+    concurrency: int = Field(8, ge=1, le=4096)
+    items_per_request: int = Field(1, ge=1, le=100)
+    rpm: float | None = None
+    tpm: float | None = None
+    structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    temperature: float = 0.0
+    timeout: float = 60.0
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+class Labeler:
+    """Labels texts against a taxonomy with few-shot examples from a labeled pool.
+
+    `label(text)`, `label_many(texts)`, `label_dataframe(df)`; `alabel*` are the async originals.
+    """
+
+    def __init__(
+        self,
+        model: str | Model = "local",
+        *,
+        examples: str | Path | Corpus | None = DEFAULT_CORPUS,
+        taxonomy: str | Path | Taxonomy | None = None,
+        prompt: str | Path | PromptSpec = "fewshot",
+        exclude_ids: Iterable[str] = (),
+        **options: Any,
+    ) -> None:
+        self.config = LabelerConfig(
+            model=model if isinstance(model, str) else model.name,
+            examples=None if examples is None or isinstance(examples, Corpus) else str(examples),
+            taxonomy=None if taxonomy is None or isinstance(taxonomy, Taxonomy) else str(taxonomy),
+            prompt=prompt.name if isinstance(prompt, PromptSpec) else str(prompt),
+            **options,
+        )
+        cfg = self.config
+        self.pool: Corpus | None = examples if isinstance(examples, Corpus) else (load_corpus(examples) if examples else None)
+        if self.pool is not None and exclude_ids:
+            self.pool = self.pool.without(exclude_ids)
+        if isinstance(taxonomy, Taxonomy):
+            self.taxonomy = taxonomy
+        elif taxonomy:
+            self.taxonomy = load_taxonomy(taxonomy)
+        elif self.pool is not None:
+            self.taxonomy = Taxonomy.from_labels(self.pool.labels, source=self.pool.path)
+        else:
+            raise ValueError("give a taxonomy file or an example corpus to take the label set from")
+        if self.pool is not None:
+            self.taxonomy.check(self.pool.labels, where=self.pool.path)
+        self.prompt = prompt if isinstance(prompt, PromptSpec) else load_prompt(prompt)
+        self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
+        if isinstance(model, Model):
+            self.model = model
+        elif model.startswith("openai:"):
+            self.model = get_model(model, base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout, limiter=self.limiter)
+        else:
+            self.model = get_model(model)
+        self.shots = cfg.shots if self.prompt.uses_examples and self.pool is not None else 0
+        self.selector = make_selector(cfg.strategy, self.pool, self.shots, cfg.seed) if self.shots else None
+        self.cache = ResponseCache(cfg.cache_dir) if cfg.cache else None
+        self.json_answer = self.model.answer_format == "json"
+        self._schema = answer_model(self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
+        self._settings_key = stable_hash({
+            "model": self.model.identity(), "prompt": self.prompt.ref, "labels": self.taxonomy.labels,
+            "definitions": self.taxonomy.definitions, "strategy": cfg.strategy, "shots": self.shots, "seed": cfg.seed,
+            "multi": cfg.multi_label, "max_labels": cfg.max_labels, "temperature": cfg.temperature,
+            "json": self.json_answer, "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
+            "ipr": cfg.items_per_request,
+        })
+        self.stats = {"model_calls": 0, "cache_hits": 0, "reasks": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    # ------------------------------------------------------------------ single items
+
+    def _examples_for(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Examples for one or more items; none of them is ever an example of itself or of a batch-mate."""
+        if not self.selector:
+            return []
+        banned = {k for k, _ in keys}
+        if len(keys) == 1:
+            return self.selector.select_examples({"text": keys[0][1], "id": keys[0][0]})
+        k = self.selector.k
+        self.selector.k = k + len(keys)
+        try:
+            per_item = [self.selector.select_examples({"text": t, "id": i}) for i, t in keys]
+        finally:
+            self.selector.k = k
+        merged: dict[str, dict[str, Any]] = {}
+        for rank in range(k + len(keys)):
+            for exs in per_item:
+                if rank < len(exs) and exs[rank]["id"] not in banned:
+                    merged.setdefault(exs[rank]["id"], exs[rank])
+            if len(merged) >= k:
+                break
+        return list(merged.values())[:k]
+
+    def _request(self, prompt: str, batch: bool = False, schema: dict | None = None) -> ModelRequest:
+        cfg = self.config
+        return ModelRequest(prompt, self.taxonomy.labels, schema or self._schema, cfg.multi_label, cfg.max_labels,
+                            batch=batch, temperature=cfg.temperature, max_tokens=16 * cfg.max_labels + 32)
+
+    async def _ask(self, request: ModelRequest) -> tuple[ModelAnswer, bool]:
+        """The model's answer, from the cache when this exact request was answered validly before."""
+        key = stable_hash({"model": self.model.identity(), "request": request.__dict__})
+        if self.cache is not None:
+            hit = self.cache.get("answer", key)
+            if hit is not None:
+                return ModelAnswer.from_dict(hit), True
+        self.stats["model_calls"] += 1
+        answer = await self.model.complete(request)
+        self.stats["prompt_tokens"] += answer.usage.get("prompt_tokens", 0)
+        self.stats["completion_tokens"] += answer.usage.get("completion_tokens", 0)
+        answer._key = key  # type: ignore[attr-defined]
+        return answer, False
+
+    def _remember(self, answer: ModelAnswer) -> None:
+        """Cache an answer once it validated (failures and invalid answers are never cached)."""
+        key = getattr(answer, "_key", None)
+        if self.cache is not None and key:
+            self.cache.set("answer", key, answer.to_dict())
+
+    def _memo_key(self, iid: str) -> str:
+        return f"{self._settings_key}:{iid}"
+
+    async def alabel(self, text: str, *, id: str | None = None) -> Prediction:
+        """Label one text (async)."""
+        iid = id or item_id(text)
+        if self.cache is not None:
+            hit = self.cache.get("prediction", self._memo_key(iid))
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                return Prediction.model_validate({**hit, "cached": True, "text": text})
+        examples = self._examples_for([(iid, text)])
+        rendered = self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
+        pred = await self._label_request(iid, text, self._request(rendered.text), list(rendered.example_ids))
+        return pred
+
+    async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str]) -> Prediction:
+        cfg = self.config
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        base = dict(id=iid, text=text, examples=example_ids, prompt=self.prompt.ref, model=self.model.name)
+        all_cached = True
+        raw = None
+        for attempt in range(1, cfg.max_reasks + 2):
+            try:
+                answer, cached = await self._ask(request)
+            except (TransportError, ModelError) as err:
+                return Prediction(**base, labels=[], status="failed", error=str(err), attempts=attempt, usage=usage, raw=raw)
+            all_cached &= cached
+            for k in usage:
+                usage[k] += answer.usage.get(k, 0)
+            raw = answer.text
+            try:
+                labels = parse_answer(answer.text, answer.format, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
+            except (ValidationError, ValueError) as err:
+                self.stats["reasks"] += attempt <= cfg.max_reasks
+                error = short_error(err)
+                request = replace(request, reasks=request.reasks + ((answer.text, REASK.format(error=error)),))
+                continue
+            self._remember(answer)
+            pred = Prediction(**base, labels=labels, confidence=label_confidence(answer.text, answer.tokens, labels[0]),
+                              attempts=attempt, usage=usage, cached=all_cached)
+            if self.cache is not None:
+                self.cache.set("prediction", self._memo_key(iid), pred.model_dump(exclude={"text", "cached"}))
+            return pred
+        return Prediction(**base, labels=[], status="failed", error=f"invalid answer after {cfg.max_reasks} re-asks: {error}",
+                          attempts=cfg.max_reasks + 1, usage=usage, raw=raw)
+
+    # ------------------------------------------------------------------ several items per request
+
+    async def _alabel_batch(self, items: Sequence[tuple[str, str]]) -> list[Prediction]:
+        """Label several texts in one request; an item whose answer is missing or invalid is re-asked alone."""
+        cfg = self.config
+        out: dict[str, Prediction] = {}
+        todo = []
+        for iid, text in items:
+            hit = self.cache.get("prediction", self._memo_key(iid)) if self.cache is not None else None
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                out[iid] = Prediction.model_validate({**hit, "cached": True, "text": text})
+            else:
+                todo.append((iid, text))
+        if len(todo) == 1:
+            out[todo[0][0]] = await self.alabel(todo[0][1], id=todo[0][0])
+        elif todo:
+            keys = tuple(str(n) for n in range(1, len(todo) + 1))
+            examples = self._examples_for(todo)
+            rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, todo)], self.taxonomy, examples)
+            schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
+            request = self._request(rendered.text, batch=True, schema=schema)
+            try:
+                answer, cached = await self._ask(request)
+                results = parse_batch_answer(answer.text, keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
+            except (TransportError, ModelError) as err:
+                answer, cached, results = None, False, {k: str(err) for k in keys}
+            share = {k: v // len(todo) for k, v in (answer.usage.items() if answer else [])}
+            if answer and all(isinstance(v, list) for v in results.values()):
+                self._remember(answer)
+            for key, (iid, text) in zip(keys, todo):
+                labels = results[key]
+                if isinstance(labels, list):
+                    pred = Prediction(id=iid, text=text, labels=labels, examples=list(rendered.example_ids), prompt=self.prompt.ref,
+                                      model=self.model.name, usage=share, cached=cached,
+                                      confidence=self._batch_confidence(answer, key, labels[0]))
+                    if self.cache is not None:
+                        self.cache.set("prediction", self._memo_key(iid), pred.model_dump(exclude={"text", "cached"}))
+                    out[iid] = pred
+                else:
+                    self.stats["reasks"] += 1
+                    out[iid] = await self.alabel(text, id=iid)
+        return [out[iid] for iid, _ in items]
+
+    @staticmethod
+    def _batch_confidence(answer: ModelAnswer | None, key: str, label: str) -> float | None:
+        """Confidence of an item's first label: the tokens spelling it after the item's id in the answer."""
+        if not answer or not answer.tokens:
+            return None
+        marker = f'"{key}"'
+        at = answer.text.find(marker)
+        if at < 0:
+            return None
+        pos, rest = 0, []
+        for tok, lp in answer.tokens:
+            if pos >= at:
+                rest.append((tok, lp))
+            pos += len(tok)
+        return label_confidence(answer.text[at:], rest, label) if rest else None
+
+    # ------------------------------------------------------------------ many items
+
+    async def alabel_items(
+        self, items: Sequence[tuple[str, str]], *, on_result: Callable[[Prediction], Any] | None = None
+    ) -> list[Prediction]:
+        """Label (id, text) pairs with bounded concurrency; `on_result` sees each prediction as it completes."""
+        size = self.config.items_per_request
+        groups = [items[i:i + size] for i in range(0, len(items), size)]
+        sem = asyncio.Semaphore(self.config.concurrency)
+        results: dict[str, Prediction] = {}
+
+        async def run(group: Sequence[tuple[str, str]]) -> None:
+            async with sem:
+                preds = await self._alabel_batch(group) if len(group) > 1 else [await self.alabel(group[0][1], id=group[0][0])]
+            for p in preds:
+                results[p.id] = p
+                if on_result is not None:
+                    on_result(p)
+
+        await asyncio.gather(*(run(g) for g in groups))
+        return [results[iid] for iid, _ in items]
+
+    async def alabel_many(self, texts: Iterable[str]) -> list[Prediction]:
+        """Label many texts (async); identical texts are labeled once."""
+        texts = list(texts)
+        ids = [item_id(t) for t in texts]
+        unique = list({i: t for i, t in zip(ids, texts)}.items())
+        done = {p.id: p for p in await self.alabel_items(unique)}
+        return [done[i].model_copy(update={"text": t}) for i, t in zip(ids, texts)]
+
+    def label(self, text: str) -> Prediction:
+        """Label one text."""
+        return run_sync(self.alabel(text))
+
+    def label_many(self, texts: Iterable[str]) -> list[Prediction]:
+        """Label many texts."""
+        return run_sync(self.alabel_many(texts))
+
+    def label_dataframe(self, df, text_col: str = "text"):
+        """A copy of `df` with prediction columns added (labels, confidence, status, error, id, ...)."""
+        import pandas as pd
+
+        if text_col not in df.columns:
+            raise KeyError(f"no column {text_col!r}; columns found: {list(df.columns)}")
+        preds = self.label_many(df[text_col].astype(str).tolist())
+        extra = pd.DataFrame([p.model_dump(exclude={"text"}) for p in preds], index=df.index)
+        extra = extra.rename(columns={c: f"pred_{c}" if c in df.columns else c for c in extra.columns})
+        return pd.concat([df, extra], axis=1)
+
+    async def aclose(self) -> None:
+        """Close the model client and the cache."""
+        if self.model.name.startswith("openai:"):
+            await self.model.aclose()
+        if self.cache is not None:
+            self.cache.close()

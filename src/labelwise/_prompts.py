@@ -1,0 +1,149 @@
+"""Prompt templates as files under prompts/, rendered with LangChain prompt templates."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import PromptError
+from ._taxonomy import Taxonomy
+
+__all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER"]
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+LABEL_JOINER = "、"
+_FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "json_instruction"}
+_DEFAULT_JSON_INSTRUCTION = '只输出一个JSON对象，格式为 {{"labels": ["类别", ...]}}，类别必须取自上面的类别列表。'
+_DEFAULT_BATCH_SUFFIX = (
+    "请为下面每个句子分别给出类别。每个句子前的方括号里是它的编号。\n{items}\n"
+    '只输出一个JSON对象，格式为 {{"items": [{{"id": "编号", "labels": ["类别", ...]}}, ...]}}，每个编号恰好一次。'
+)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered prompt and what went into it."""
+
+    text: str
+    example_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt template file: static prefix (instructions, definitions), examples, then the item(s) last."""
+
+    name: str
+    source: str
+    prefix: str
+    example: str | None
+    suffix: str
+    separator: str = "\n"
+    batch_suffix: str = _DEFAULT_BATCH_SUFFIX
+    json_instruction: str = _DEFAULT_JSON_INSTRUCTION
+    description: str = ""
+
+    @cached_property
+    def hash(self) -> str:
+        """Hash of the template's text, so a changed prompt never reuses an old answer unnoticed."""
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()[:12]
+
+    @property
+    def ref(self) -> str:
+        """`name@hash`, recorded with every prediction."""
+        return f"{self.name}@{self.hash}"
+
+    @property
+    def uses_examples(self) -> bool:
+        """Whether the template shows few-shot examples at all."""
+        return bool(self.example)
+
+    @cached_property
+    def _templates(self) -> dict[str, Any]:
+        from langchain_core.prompts import PromptTemplate
+
+        parts = {"prefix": self.prefix, "suffix": self.suffix, "batch_suffix": self.batch_suffix,
+                 "json_instruction": self.json_instruction}
+        if self.example:
+            parts["example"] = self.example
+        try:
+            return {k: PromptTemplate.from_template(v) for k, v in parts.items()}
+        except Exception as e:  # langchain reports template syntax errors with various types
+            raise PromptError(f"invalid template: {e}", path=self.name) from None
+
+    def _context(self, taxonomy: Taxonomy) -> dict[str, Any]:
+        return {"labels": LABEL_JOINER.join(taxonomy.labels), "definitions": taxonomy.describe(),
+                "n_labels": len(taxonomy)}
+
+    def _fill(self, part: str, values: dict[str, Any]) -> str:
+        tpl = self._templates[part]
+        try:
+            return tpl.format(**{k: values[k] for k in tpl.input_variables})
+        except KeyError as e:
+            raise PromptError(f"{part} uses unknown variable {e}; known: {sorted(values)}", path=self.name) from None
+
+    def _head(self, taxonomy: Taxonomy, examples: list[dict[str, Any]]) -> list[str]:
+        ctx = self._context(taxonomy)
+        parts = [self._fill("prefix", ctx)]
+        if self.example:
+            for ex in examples:
+                parts.append(self._fill("example", {**ctx, "text": ex["text"], "labels": LABEL_JOINER.join(ex["labels"])}))
+        return parts
+
+    def render(self, text: str, taxonomy: Taxonomy, examples: list[dict[str, Any]], *, json_answer: bool = False) -> Rendered:
+        """The prompt for one text: prefix, examples, the text; a JSON answer instruction when asked."""
+        ctx = self._context(taxonomy)
+        parts = self._head(taxonomy, examples) + [self._fill("suffix", {**ctx, "text": text})]
+        body = self.separator.join(p.rstrip("\n") for p in parts)
+        if json_answer:
+            body = body + "\n" + self._fill("json_instruction", ctx)
+        return Rendered(body, tuple(ex["id"] for ex in examples if self.example))
+
+    def render_batch(self, items: list[tuple[str, str]], taxonomy: Taxonomy, examples: list[dict[str, Any]]) -> Rendered:
+        """One prompt for several (key, text) items, static parts first so prefix caches help; JSON answer."""
+        ctx = self._context(taxonomy)
+        listing = "\n".join(f"[{key}] {text}" for key, text in items)
+        parts = self._head(taxonomy, examples) + [self._fill("batch_suffix", {**ctx, "items": listing})]
+        return Rendered(self.separator.join(p.rstrip("\n") for p in parts), tuple(ex["id"] for ex in examples if self.example))
+
+
+def load_prompt(name_or_path: str | Path) -> PromptSpec:
+    """A prompt by name (a file under prompts/) or by path to a YAML template file."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROMPTS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml") if p.stem != "policy_taxonomy")
+        raise PromptError(f"prompt not found; known prompts: {known}", path=path)
+    source = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise PromptError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,
+                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise PromptError("a prompt file is a YAML mapping with prefix / example / suffix", path=path)
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise PromptError(f"unknown fields {sorted(unknown)}; allowed: {sorted(_FIELDS)}", path=path)
+    for req in ("prefix", "suffix"):
+        if not isinstance(data.get(req), str):
+            raise PromptError(f"missing field {req!r}", path=path)
+    spec = PromptSpec(
+        name=str(data.get("name") or path.stem),
+        source=source,
+        prefix=data["prefix"],
+        example=data.get("example"),
+        suffix=data["suffix"],
+        separator=data.get("separator", "\n"),
+        batch_suffix=data.get("batch_suffix", _DEFAULT_BATCH_SUFFIX),
+        json_instruction=data.get("json_instruction", _DEFAULT_JSON_INSTRUCTION),
+        description=data.get("description", ""),
+    )
+    spec._templates  # validate syntax now, not mid-run
+    return spec

@@ -1,0 +1,142 @@
+"""Pydantic models of a valid answer (labels only from the taxonomy) and of a recorded prediction."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from ._prompts import LABEL_JOINER
+
+__all__ = ["Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence"]
+
+
+class Prediction(BaseModel):
+    """One labeled text: what was predicted, how sure, from which prompt, examples and model, at what cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    labels: list[str]
+    confidence: float | None = Field(None, ge=0.0, le=1.0)
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    examples: list[str] = Field(default_factory=list)
+    prompt: str
+    model: str
+    attempts: int = 1
+    usage: dict[str, int] = Field(default_factory=dict)
+    cached: bool = False
+    raw: str | None = None
+
+
+def _dedupe(labels: list[str]) -> list[str]:
+    return list(dict.fromkeys(labels))
+
+
+@lru_cache(maxsize=64)
+def answer_model(labels: tuple[str, ...], multi_label: bool = True, max_labels: int = 3) -> type[BaseModel]:
+    """The answer `{"labels": [...]}` whose labels can only be taxonomy labels."""
+    Label = Literal[labels]  # type: ignore[valid-type]
+    upper = max_labels if multi_label else 1
+    model = create_model(
+        "Answer",
+        __config__=ConfigDict(extra="forbid"),
+        labels=(Annotated[list[Label], Field(min_length=1, max_length=upper)], ...),
+        __validators__={"dedupe": field_validator("labels", mode="before")(classmethod(lambda cls, v: _dedupe(v) if isinstance(v, list) else v))},
+    )
+    return model
+
+
+@lru_cache(maxsize=64)
+def batch_answer_model(keys: tuple[str, ...], labels: tuple[str, ...], multi_label: bool = True, max_labels: int = 3) -> type[BaseModel]:
+    """The batch answer `{"items": [{"id", "labels"}, ...]}`; each item is validated on its own later."""
+    Key = Literal[keys]  # type: ignore[valid-type]
+    Label = Literal[labels]  # type: ignore[valid-type]
+    upper = max_labels if multi_label else 1
+    entry = create_model("ItemAnswer", __config__=ConfigDict(extra="forbid"), id=(Key, ...),
+                         labels=(Annotated[list[Label], Field(min_length=1, max_length=upper)], ...))
+    return create_model("BatchAnswer", __config__=ConfigDict(extra="forbid"), items=(list[entry], ...))
+
+
+def short_error(err: ValidationError | ValueError) -> str:
+    """A validation error as one compact line the model (and a user) can act on."""
+    if isinstance(err, ValidationError):
+        parts = []
+        for e in err.errors()[:3]:
+            loc = ".".join(str(x) for x in e["loc"])
+            parts.append(f"{loc}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+        return "; ".join(parts)[:400]
+    return str(err)[:400]
+
+
+def _load_json(text: str) -> Any:
+    s = text.strip()
+    if s.startswith("```"):
+        s = s.strip("`").removeprefix("json").strip()
+    start = s.find("{")
+    end = s.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError(f"not a JSON object: {text[:80]!r}")
+    try:
+        return json.loads(s[start:end + 1])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+
+
+def parse_answer(text: str, fmt: str, labels: tuple[str, ...], multi_label: bool, max_labels: int) -> list[str]:
+    """Validated labels from a raw answer (JSON object, or `A、B` text); raises ValueError/ValidationError."""
+    model = answer_model(labels, multi_label, max_labels)
+    if fmt == "labels":
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        data = {"labels": [p.strip() for p in first.split(LABEL_JOINER) if p.strip()]}
+    else:
+        data = _load_json(text)
+    return list(model.model_validate(data).labels)
+
+
+def parse_batch_answer(text: str, keys: tuple[str, ...], labels: tuple[str, ...], multi_label: bool, max_labels: int) -> dict[str, list[str] | str]:
+    """Per key: validated labels, or the error message for that key (missing / invalid), each item on its own."""
+    item_model = answer_model(labels, multi_label, max_labels)
+    out: dict[str, list[str] | str] = {k: "no answer for this item" for k in keys}
+    try:
+        data = _load_json(text)
+    except ValueError as e:
+        return {k: str(e) for k in keys}
+    entries = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return {k: "answer has no `items` list" for k in keys}
+    for entry in entries:
+        if not isinstance(entry, dict) or str(entry.get("id")) not in out or isinstance(out[str(entry.get("id"))], list):
+            continue
+        key = str(entry["id"])
+        try:
+            out[key] = list(item_model.model_validate({"labels": entry.get("labels")}).labels)
+        except ValidationError as e:
+            out[key] = short_error(e)
+    return out
+
+
+def label_confidence(text: str, tokens: list[tuple[str, float]] | None, label: str) -> float | None:
+    """exp(sum of log-probs of the tokens that spell `label`'s first occurrence): the model's probability of it."""
+    if not tokens:
+        return None
+    joined = "".join(t for t, _ in tokens)
+    start = joined.find(label)
+    if start < 0:
+        return None
+    end = start + len(label)
+    pos = 0
+    total = 0.0
+    for tok, lp in tokens:
+        nxt = pos + len(tok)
+        if nxt > start and pos < end and lp is not None:
+            total += lp
+        pos = nxt
+        if pos >= end:
+            break
+    return float(min(1.0, max(0.0, math.exp(total))))
