@@ -16,7 +16,7 @@ from ._corpus import Corpus, Item, item_id, load_corpus, normalize_text
 from ._examples import make_selector
 from ._exceptions import ModelError, TransportError
 from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model
-from ._prompts import PromptSpec, load_prompt
+from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
 from ._schema import Prediction, answer_model, batch_answer_model, label_confidence, parse_answer, parse_batch_answer, short_error
 from ._taxonomy import Taxonomy, load_taxonomy
@@ -195,10 +195,14 @@ class Labeler:
             if hit is not None:
                 self.stats["cache_hits"] += 1
                 return Prediction.model_validate({**hit, "cached": True, "text": text})
+        rendered = self.render(text, id=iid)
+        return await self._label_request(iid, text, self._request(rendered.text), list(rendered.example_ids))
+
+    def render(self, text: str, *, id: str | None = None) -> Rendered:
+        """The exact prompt this labeler would send for `text`, and the ids of the examples in it."""
+        iid = id or item_id(text)
         examples = self._examples_for([(iid, text)])
-        rendered = self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
-        pred = await self._label_request(iid, text, self._request(rendered.text), list(rendered.example_ids))
-        return pred
+        return self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
 
     async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str]) -> Prediction:
         cfg = self.config

@@ -70,6 +70,103 @@ def label(
         _fail(err)
 
 
+@app.command()
+def relabel(
+    input: Path = typer.Argument(..., help="dataset to relabel: TSV label<TAB>text, CSV, JSONL or Parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (resumable)"),
+    model: str = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    examples: Optional[Path] = typer.Option(None, "--examples", help="example pool; default: the input itself, leave-one-out"),
+    taxonomy: Optional[Path] = TaxonomyOpt,
+    shots: int = ShotsOpt,
+    strategy: str = StrategyOpt,
+    prompt: str = PromptOpt,
+    multi_label: bool = MultiOpt,
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="label only the first N unique texts"),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="label a seeded random sample of N unique texts"),
+    seed: int = typer.Option(0, "--seed"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="requests in flight"),
+    rpm: Optional[float] = typer.Option(None, "--rpm", help="client-side requests-per-minute limit"),
+    tpm: Optional[float] = typer.Option(None, "--tpm", help="client-side tokens-per-minute limit"),
+    items_per_request: int = typer.Option(1, "--items-per-request", min=1, max=100, help="texts labeled per request"),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="YAML price table override (USD per 1M tokens)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="call no model: count, show one prompt, estimate tokens and cost"),
+    force: bool = typer.Option(False, "--force", help="start over in a run directory made with other settings"),
+    no_cache: bool = NoCacheOpt,
+    structured: str = StructuredOpt,
+) -> None:
+    """Relabel a dataset; write predictions, labels.csv, disagreements.csv, report.json/html, manifest.json."""
+    from ._exceptions import LabelwiseError
+    from ._labeler import LabelerConfig
+    from ._report import agreement_table
+    from ._runner import RelabelConfig, relabel as run
+
+    try:
+        lcfg = LabelerConfig(model=model, base_url=base_url, examples=str(examples) if examples else None,
+                             taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
+                             multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                             items_per_request=items_per_request, cache=not no_cache, structured=structured)
+        cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, limit=limit,
+                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg)
+        result = run(cfg, dry_run=dry_run)
+    except (LabelwiseError, ValueError) as err:
+        _fail(err)
+    if dry_run:
+        typer.echo(f"unique texts: {result['unique_texts']}, to label: {result['to_label']}, requests: {result['requests']}")
+        typer.echo(f"model: {result['model']}, prompt: {result['prompt']}")
+        typer.echo("--- one rendered prompt ---\n" + result["example_prompt"] + "\n---")
+        est = result["estimated_tokens"]
+        cost = result["estimated_cost_usd"]
+        typer.echo(f"estimated tokens: prompt {est['prompt_tokens']:,}, completion {est['completion_tokens']:,}; "
+                   f"cost: {'unknown (no price for this model; see --prices)' if cost is None else f'${cost:.4f}'}")
+        return
+    m = result["manifest"]
+    c = m["counts"]
+    typer.echo(f"run: {result['run_dir']}  ({c['selected']} texts: {c['resumed']} resumed, {c['labeled_now']} labeled now, "
+               f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
+    if result["metrics"]:
+        typer.echo(agreement_table({**result["metrics"], "counts": None}))
+    typer.echo(f"review: {result['run_dir']}/disagreements.csv, {result['run_dir']}/report.html")
+    if c["failed"]:
+        typer.echo(f"{c['failed']} texts failed; run the same command again to retry them", err=True)
+
+
+@app.command()
+def agree(
+    gold: Path = typer.Argument(..., help="existing labels: any corpus format, or predictions.jsonl"),
+    pred: Path = typer.Argument(..., help="predictions: predictions.jsonl or any corpus format"),
+    vs: Optional[Path] = typer.Option(None, "--vs", help="second predictions, compared pairwise against PRED"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a confusion heatmap PNG"),
+    seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+) -> None:
+    """Score predictions against existing labels (multi-label aware), optionally against a second prediction set."""
+    from ._exceptions import LabelwiseError
+    from ._report import agree as score_files, agreement_table
+
+    try:
+        result = score_files(gold, pred, vs, plot=plot, seed=seed)
+    except (LabelwiseError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    typer.echo(agreement_table(result))
+    if "vs" in result:
+        v = result["vs"]
+        typer.echo(f"\n{pred} (a) vs {v['path']} (b) on {v['items_compared']} items: difference b - a")
+        for key, d in v["metrics"].items():
+            if d["diff"] is not None:
+                band = d["ci"]
+                typer.echo(f"  {key:<22}{d['diff']:+.4f}  CI [{band[0]:+.4f}, {band[1]:+.4f}]  p={d['p_value']:.4f}" if band else f"  {key:<22}{d['diff']:+.4f}")
+        mc = v["mcnemar"]
+        typer.echo(f"  McNemar top-1: only b right {mc['b01']}, only a right {mc['b10']}, p={mc['p_value']:.4g} ({mc['method']})")
+    if plot:
+        typer.echo(f"confusion heatmap: {plot}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,28 @@
+# labelwise: `make run` (install + main job on the embedded model), `make test`, `make bench`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# llama-cpp-python ships only its source on PyPI: the first install compiles it (about 4 minutes on 2 cores).
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q -e '.[local,server,dev]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/labelwise relabel data/policy_labels.tsv --sample 20 --seed 0 --out runs/quickstart
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

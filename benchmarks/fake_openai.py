@@ -1,0 +1,522 @@
+"""A fake OpenAI-compatible chat-completions server (asyncio + stdlib) for fault-injection tests and benchmarks.
+
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, and `GET /_stats` (stats + server-thread CPU seconds).
+Answers are valid labels in the requested format:
+
+* `response_format` `{"type": "json_schema", "json_schema": {"schema": S}}` or `{"type": "json_object", "schema": S}`:
+  the answer is an instance of S; every `enum` in S (after `$ref`/`anyOf`) is filled with values from it.
+  Batch convention: an array whose items are objects with an `id` property gets one entry per item id, the ids
+  being the lines of the last user message that start with `[ID]` (e.g. `[17] some text`), else the id's enum.
+* no schema: `{"labels": [label]}` with labels read from the first prompt line containing `labels:`/`类别` (the
+  text after its last colon split on `,，、;|`, or the list lines below it: `- label：definition`), else
+  `{"labels": []}`; with `[ID]` lines in the last user message the answer is `{"items": [{"id", "labels"}...]}`.
+* Labels are picked with the seeded RNG, except that labels found in the item's text are preferred (the `[ID]`
+  line in batch mode; otherwise the last user message from its last `句子：`/`Text:` line on), so a test can get
+  a deterministic right answer by putting the label into the text.
+
+`Scenario.script` entries (consumed one per chat request, before limits and rates): "ok", "garbage",
+"off_taxonomy", "hang" / "hang:SECONDS", or an HTTP status "429" / "429:RETRY_AFTER_S" / "500" / "503" ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import re
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+OFF_LABEL = "__off_taxonomy__"
+_GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
+            '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?)$")
+_ID_RE = re.compile(r"^\s*\[([^\]\n]+)\]([^\n]*)", re.M)
+_TEXT_RE = re.compile(r"^\s*(句子|文本|text|sentence|input)\s*[:：]", re.M | re.I)
+_LABELS_RE = re.compile(r"labels?\s*[:：]|类别", re.I)
+
+
+class Scenario(BaseModel):
+    """How the fake server behaves: latency, limits, fault rates and a per-request script."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_s: float = Field(0.0, ge=0)
+    jitter_s: float = Field(0.0, ge=0)
+    max_in_flight: int | None = Field(None, ge=1)
+    rpm: float | None = Field(None, gt=0)
+    rpm_burst: float | None = Field(None, ge=1)  # token-bucket size; default one second's worth (at least 1)
+    retry_after_s: float = Field(1.0, ge=0)  # Retry-After of max_in_flight and plain scripted "429" answers
+    error_rate: float = Field(0.0, ge=0, le=1)
+    garbage_rate: float = Field(0.0, ge=0, le=1)
+    off_taxonomy_rate: float = Field(0.0, ge=0, le=1)
+    hang_rate: float = Field(0.0, ge=0, le=1)
+    hang_s: float = Field(30.0, ge=0)
+    seed: int = 0
+    script: list[str] = Field(default_factory=list)
+    require_api_key: str | None = None
+    reject_json_schema: bool = False  # 400 on response_format json_schema (server without strict schemas)
+    reject_response_format: bool = False  # 400 on any response_format
+    model: str = "fake-model"
+
+    @field_validator("script")
+    @classmethod
+    def _check_script(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not _SCRIPT_RE.match(s)]
+        if bad:
+            raise ValueError(f"unknown script entries {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> Scenario:
+        if self.error_rate + self.garbage_rate + self.off_taxonomy_rate + self.hang_rate > 1:
+            raise ValueError("error, garbage, off_taxonomy and hang rates add up to more than 1")
+        return self
+
+
+@dataclass
+class Stats:
+    """Counters of what the server answered; `log` holds (arrival, done, status) per chat request (monotonic)."""
+
+    requests: int = 0
+    completions: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    errors: int = 0
+    garbage: int = 0
+    off_taxonomy: int = 0
+    hangs: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    log: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def snapshot(self, with_log: bool = False) -> dict[str, Any]:
+        """A JSON-able copy (the log only when asked)."""
+        d = asdict(self)
+        d["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
+        return d if with_log else {k: v for k, v in d.items() if k != "log"}
+
+
+def _text(content: Any) -> str:
+    """The text of a message content (a string or a list of parts)."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _prompt_labels(prompt: str) -> list[str]:
+    """Labels listed after a line containing `labels:`/`类别`, inline or as list lines below it."""
+    lines = prompt.splitlines()
+    for i, line in enumerate(lines):
+        if not _LABELS_RE.search(line):
+            continue
+        rest = re.split(r"[:：]", line)[-1].strip().rstrip("。.")
+        if rest:
+            found = [x.strip(" `'\"") for x in re.split(r"[,，、;；|]", rest)]
+        else:
+            found = []
+            for nxt in lines[i + 1:]:
+                s = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", nxt).strip()
+                if not s:
+                    break
+                found.append(re.split(r"[:：]", s)[0].strip(" `'\""))
+        if found := [x for x in found if x]:
+            return found
+    return []
+
+
+def _fmt_s(seconds: float) -> str:
+    """Seconds as a short decimal string ("1", "0.25")."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+class FakeOpenAIServer:
+    """The fake server on 127.0.0.1 (free port by default), run in a background thread with its own loop."""
+
+    def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.scenario = scenario or Scenario()
+        self.host, self.port = host, port
+        self.stats = Stats()
+        self.script: collections.deque[str] = collections.deque(self.scenario.script)
+        self._rng = random.Random(self.scenario.seed)
+        self._tokens = self._bucket_size()
+        self._refilled = time.monotonic()
+        self._ids = 0
+        self._conns: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. `http://127.0.0.1:PORT/v1`."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        """Start listening on the running loop (the thread or the CLI calls this)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        """Stop listening and drop every connection, hanging requests included."""
+        if self._server:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+    def start(self) -> FakeOpenAIServer:
+        """Run the server in a daemon thread; returns once it listens."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self.serve())
+            except BaseException as e:  # noqa: BLE001 - handed to the starting thread
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.aclose())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def close(self) -> None:
+        """Stop the server thread (idempotent)."""
+        if self._thread and self._loop and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._thread = None
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server thread has used so far."""
+        if self._loop is None or self._thread is None:
+            return time.thread_time()
+
+        async def probe() -> float:
+            return time.thread_time()
+        return asyncio.run_coroutine_threadsafe(probe(), self._loop).result(5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> FakeOpenAIServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    # ---- HTTP ------------------------------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve HTTP/1.1 requests on one keep-alive connection (Content-Length bodies)."""
+        task = asyncio.current_task()
+        self._conns.add(task)  # type: ignore[arg-type]
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, version = (lines[0].split(" ", 2) + ["", ""])[:3]
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(length) if length else b""
+                status, extra, payload = await self._dispatch(method, target.split("?", 1)[0], headers, body)
+                self.stats.requests += 1
+                self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+                hdrs = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+                             f"content-length: {len(payload)}\r\n{hdrs}\r\n".encode() + payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close" or version == "HTTP/1.0":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            return  # swallowing the cancel of aclose() keeps 3.11's start_server callback quiet
+        finally:
+            self._conns.discard(task)  # type: ignore[arg-type]
+            writer.close()
+
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Route one request: auth, then models, stats or chat completions."""
+        key = self.scenario.require_api_key
+        if key and headers.get("authorization") != f"Bearer {key}":
+            return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+        path = path.removeprefix("/v1")
+        if method == "GET" and path == "/models":
+            data = [{"id": self.scenario.model, "object": "model", "created": 0, "owned_by": "labelwise"}]
+            return 200, {}, json.dumps({"object": "list", "data": data}).encode()
+        if method == "GET" and path == "/_stats":
+            return 200, {}, json.dumps({**self.stats.snapshot(), "cpu_s": time.thread_time()}).encode()
+        if method == "POST" and path == "/chat/completions":
+            return await self._chat(body)
+        return _error(404, f"no route {method} {path}", "invalid_request_error")
+
+    # ---- chat completions ------------------------------------------------------------------------------------
+    def _bucket_size(self) -> float:
+        """Token-bucket capacity for the rpm limit."""
+        rpm = self.scenario.rpm or 60.0
+        return self.scenario.rpm_burst or max(1.0, rpm / 60.0)
+
+    def _rpm_wait(self) -> float:
+        """Take one rpm token: 0 when admitted, else seconds until one is available."""
+        rate = self.scenario.rpm / 60.0  # type: ignore[operator]
+        now = time.monotonic()
+        self._tokens = min(self._bucket_size(), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
+
+    def _decide(self) -> tuple[str, float | None]:
+        """The outcome of a new chat request: script entry, limits, then random faults."""
+        sc = self.scenario
+        if self.script:
+            kind, _, arg = self.script.popleft().partition(":")
+            return kind, float(arg) if arg else None
+        if sc.max_in_flight is not None and self.stats.in_flight >= sc.max_in_flight:
+            return "429", sc.retry_after_s
+        if sc.rpm is not None and (wait := self._rpm_wait()) > 0:
+            return "429", wait
+        r = self._rng.random()
+        for kind, rate in (("hang", sc.hang_rate), ("500", sc.error_rate), ("garbage", sc.garbage_rate),
+                           ("off_taxonomy", sc.off_taxonomy_rate)):
+            if r < rate:
+                return kind, None
+            r -= rate
+        return "ok", None
+
+    async def _chat(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Answer one chat-completions request according to the scenario."""
+        sc, st = self.scenario, self.stats
+        arrival = time.monotonic()
+        try:
+            req = json.loads(body)
+        except ValueError:
+            req = None
+        if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
+            return _error(400, "body must be a JSON object with a `messages` list", "invalid_request_error")
+        messages = req["messages"]
+        rf = req.get("response_format") if isinstance(req.get("response_format"), dict) else {}
+        if req.get("stream"):
+            return _error(400, "stream is not supported by the fake server", "invalid_request_error")
+        if rf and sc.reject_response_format or rf.get("type") == "json_schema" and sc.reject_json_schema:
+            return _error(400, f"response_format {rf.get('type')!r} is not supported", "invalid_request_error")
+        st.completions += 1
+        kind, arg = self._decide()
+        if kind == "429":
+            st.rate_limited += 1
+            wait = sc.retry_after_s if arg is None else arg
+            st.log.append((arrival, time.monotonic(), 429))
+            return _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
+                          {"retry-after": _fmt_s(wait), "retry-after-ms": str(max(0, round(wait * 1000)))})
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        status = 0
+        try:
+            delay = max(0.0, sc.latency_s + self._rng.uniform(-sc.jitter_s, sc.jitter_s)) if sc.jitter_s else sc.latency_s
+            if kind == "hang":
+                st.hangs += 1
+                delay = sc.hang_s if arg is None else arg
+            if delay:
+                await asyncio.sleep(delay)
+            if kind.isdigit():
+                status = int(kind)
+                st.errors += status >= 500
+                return _error(status, f"injected error {status} (fake server)",
+                              "server_error" if status >= 500 else "invalid_request_error")
+            status = 200
+            st.garbage += kind == "garbage"
+            st.off_taxonomy += kind == "off_taxonomy"
+            return 200, {}, json.dumps(self._completion(req, messages, kind), ensure_ascii=False).encode()
+        finally:
+            st.in_flight -= 1
+            st.log.append((arrival, time.monotonic(), status))
+
+    def _completion(self, req: dict[str, Any], messages: list[Any], kind: str) -> dict[str, Any]:
+        """The chat.completion object: n choices with answers, optional logprobs, and usage."""
+        prompt = "\n".join(_text(m.get("content")) for m in messages if isinstance(m, dict))
+        users = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        last = users[-1] if users else prompt
+        marks = list(_TEXT_RE.finditer(last))
+        focus = last[marks[-1].start():] if marks else last
+        items = [(m.group(1).strip(), m.group(2)) for m in _ID_RE.finditer(last)]
+        choices, completion_tokens = [], 0
+        for i in range(max(1, min(int(req.get("n") or 1), 16))):
+            if kind == "garbage":
+                content = self._rng.choice(_GARBAGE)
+            else:
+                content = json.dumps(self._answer(req, prompt, focus, items, kind == "off_taxonomy"), ensure_ascii=False)
+            completion_tokens += max(1, len(content) // 3)
+            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
+                                      "finish_reason": "stop", "logprobs": None}
+            if req.get("logprobs"):
+                choice["logprobs"] = {"content": _logprobs(content, int(req.get("top_logprobs") or 0)), "refusal": None}
+            choices.append(choice)
+        self._ids += 1
+        prompt_tokens = max(1, len(prompt) // 2)
+        return {"id": f"chatcmpl-fake{self._ids}", "object": "chat.completion", "created": int(time.time()),
+                "model": req.get("model") or self.scenario.model, "choices": choices, "system_fingerprint": "fake",
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _answer(self, req: dict[str, Any], prompt: str, focus: str, items: list[tuple[str, str]], off: bool) -> Any:
+        """The JSON answer: an instance of the requested schema, else `{"labels"}` / `{"items"}` from the prompt."""
+        rf = req.get("response_format") or {}
+        schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else rf.get("schema")
+        if isinstance(schema, dict):
+            return self._instance(schema, schema, focus, items, off)
+        labels = _prompt_labels(prompt)
+        if items:
+            return {"items": [{"id": k, "labels": self._pick(labels, text, off) if labels else []} for k, text in items]}
+        return {"labels": self._pick(labels, focus, off) if labels else []}
+
+    def _pick(self, labels: list[Any], text: str, off: bool, least: int = 1, most: int = 1) -> list[Any]:
+        """Labels found in `text` (unless all are), topped up at random to `least`; or one off-taxonomy label."""
+        if off:
+            return [OFF_LABEL if all(isinstance(x, str) for x in labels) else 987654321]
+        hits, rest = [], text
+        for lab in sorted((x for x in labels if isinstance(x, str) and x), key=len, reverse=True):
+            if lab in rest:
+                hits.append(lab)
+                rest = rest.replace(lab, "\0")
+        out = sorted(hits, key=labels.index)[:most] if len(hits) < len(labels) else []
+        others = [x for x in labels if x not in out]
+        need = min(max(least, 1) - len(out), len(others))
+        return out + self._rng.sample(others, need) if need > 0 else out
+
+    def _instance(self, s: Any, root: dict[str, Any], text: str, items: list[tuple[str, str]], off: bool, depth: int = 0) -> Any:
+        """A value valid against schema `s`; enums are filled with labels (see the module doc)."""
+        s = _resolve(s, root)
+        if not isinstance(s, dict) or depth > 32:
+            return None
+        for key in ("anyOf", "oneOf", "allOf"):
+            if s.get(key):
+                options = [o for o in s[key] if not (isinstance(o, dict) and o.get("type") == "null")] or s[key]
+                return self._instance(options[0], root, text, items, off, depth + 1)
+        if "const" in s:
+            return s["const"]
+        if s.get("enum"):
+            return self._pick(s["enum"], text, off)[0]
+        kind = s.get("type")
+        kind = next((t for t in kind if t != "null"), "null") if isinstance(kind, list) else kind
+        if kind == "object" or "properties" in s:
+            return {name: self._instance(sub, root, text, items, off, depth + 1) for name, sub in s.get("properties", {}).items()}
+        if kind == "array":
+            sub = _resolve(s.get("items") or {}, root)
+            props = sub.get("properties", {}) if isinstance(sub, dict) else {}
+            if "id" in props:  # batch: one entry per item id
+                ids = items or [(str(x), "") for x in _resolve(props["id"], root).get("enum", [])]
+                return [{**self._instance(sub, root, t, [], off, depth + 1), "id": _coerce_id(k, props["id"], root)}
+                        for k, t in ids]
+            least, most = int(s.get("minItems", 1)), int(s.get("maxItems", 1 << 30))
+            if isinstance(sub, dict) and sub.get("enum"):
+                return self._pick(sub["enum"], text, off, least, most)
+            return [self._instance(sub, root, text, items, off, depth + 1) for _ in range(max(least, 1))]
+        if kind in ("integer", "number"):
+            lo = s.get("minimum", s.get("exclusiveMinimum", 0))
+            hi = s.get("maximum", s.get("exclusiveMaximum", 1))
+            value = (lo + hi) / 2 if hi >= lo else lo
+            return int(value) if kind == "integer" else value
+        return {"boolean": True, "null": None}.get(kind, "fake")  # type: ignore[arg-type]
+
+
+def _resolve(s: Any, root: dict[str, Any]) -> Any:
+    """Follow local `$ref`s (`#/$defs/X`) to the schema node they point at."""
+    for _ in range(32):
+        if not (isinstance(s, dict) and isinstance(s.get("$ref"), str)):
+            return s
+        node: Any = root
+        for part in s["$ref"].removeprefix("#").strip("/").split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) and part else node
+        s = node
+    return {}
+
+
+def _coerce_id(key: str, s: Any, root: dict[str, Any]) -> Any:
+    """An item id as the schema's type wants it (int for integer ids)."""
+    s = _resolve(s, root)
+    return int(key) if isinstance(s, dict) and s.get("type") == "integer" and key.lstrip("-").isdigit() else key
+
+
+def _logprobs(content: str, top: int) -> list[dict[str, Any]]:
+    """Plausible per-token logprobs: one token per 3 characters, logprob -0.05."""
+    out = []
+    for i in range(0, len(content), 3):
+        tok = content[i:i + 3]
+        alts = [{"token": tok, "logprob": -0.05, "bytes": list(tok.encode())}] + \
+               [{"token": f"<alt{j}>", "logprob": -3.0 - j, "bytes": list(f"<alt{j}>".encode())} for j in range(1, top)]
+        out.append({"token": tok, "logprob": -0.05, "bytes": list(tok.encode()), "top_logprobs": alts[:top]})
+    return out
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None,
+           headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """An OpenAI-style error response."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return status, headers or {}, json.dumps(body).encode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m benchmarks.fake_openai --port N [--latency S] ...`: serve until SIGINT/SIGTERM, print stats."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--scenario", help="Scenario as JSON (other flags override its fields)")
+    for flag in ("latency", "jitter", "rpm", "rpm-burst", "retry-after", "error-rate", "garbage-rate",
+                 "off-taxonomy-rate", "hang-rate", "hang"):
+        p.add_argument(f"--{flag}", type=float)
+    p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--api-key")
+    args = p.parse_args(argv)
+    fields = json.loads(args.scenario) if args.scenario else {}
+    names = {"latency": "latency_s", "jitter": "jitter_s", "retry_after": "retry_after_s", "hang": "hang_s",
+             "api_key": "require_api_key"}
+    for name, value in vars(args).items():
+        if name not in ("host", "port", "scenario") and value is not None:
+            fields[names.get(name, name)] = value
+
+    async def run() -> None:
+        server = FakeOpenAIServer(Scenario(**fields), args.host, args.port)
+        await server.serve()
+        print(f"fake OpenAI server at {server.base_url}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.aclose()
+        print(json.dumps({**server.stats.snapshot(), "cpu_s": round(time.process_time(), 3)}), flush=True)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

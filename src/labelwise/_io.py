@@ -1,0 +1,75 @@
+"""Crash-safe file writes: a file is either its old self or complete, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomic UTF-8 text write."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write, UTF-8, readable indentation."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def append_jsonl(f, obj: Any) -> None:
+    """Append one JSON line in a single write, so a kill can tear at most the last line."""
+    f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    f.flush()
+
+
+def read_jsonl_repairing(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Complete JSON lines of a file, truncating a torn last line in place; returns (rows, bytes cut)."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    cut = 0
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        cut = len(data) - keep
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    rows = []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            from ._exceptions import RunError
+
+            raise RunError(f"{path}, line {n}: not valid JSON ({e.msg}); fix or remove that line") from None
+    return rows, cut
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Atomically (re)write a whole JSONL file."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

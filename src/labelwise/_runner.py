@@ -1,0 +1,280 @@
+"""Bulk relabeling runs: resumable, accounted, ending in a review of where the model disagrees with the labels."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._cache import stable_hash
+from ._corpus import Corpus, load_corpus
+from ._exceptions import RunError
+from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
+from ._labeler import Labeler, LabelerConfig
+from ._schema import Prediction
+
+__all__ = ["RelabelConfig", "relabel", "arelabel", "PRICES", "estimate_tokens", "select_items"]
+
+# USD per 1M tokens (input, output); `--prices FILE` overrides or extends.
+PRICES: dict[str, tuple[float, float]] = {
+    "local": (0.0, 0.0),
+    "openai:gpt-4o-mini": (0.15, 0.60),
+    "openai:gpt-4o": (2.50, 10.00),
+    "openai:gpt-4.1-mini": (0.40, 1.60),
+    "openai:gpt-4.1-nano": (0.10, 0.40),
+    "openai:deepseek-chat": (0.27, 1.10),
+    "openai:qwen-plus": (0.40, 1.20),
+    "openai:qwen-turbo": (0.05, 0.20),
+}
+_OPERATIONAL = {"concurrency", "rpm", "tpm", "cache", "cache_dir", "timeout"}
+
+
+class RelabelConfig(BaseModel):
+    """A relabel run: input, output directory, what to label and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    out: str
+    text_col: str | None = None
+    label_col: str | None = None
+    limit: int | None = Field(None, ge=1)
+    sample: int | None = Field(None, ge=1)
+    seed: int = 0
+    force: bool = False
+    prices: str | None = None
+    labeler: LabelerConfig = Field(default_factory=LabelerConfig)
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count: about one token per CJK character, four other characters per token."""
+    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef")
+    return cjk + (len(text) - cjk) // 4 + 1
+
+
+def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: int) -> list:
+    """The unique items a run labels: a seeded sample, then the first `limit`."""
+    items = list(corpus.items)
+    if sample is not None and sample < len(items):
+        items = random.Random(seed).sample(items, sample)
+    if limit is not None:
+        items = items[:limit]
+    return items
+
+
+def load_prices(path: str | None) -> dict[str, tuple[float, float]]:
+    """The price table, with a user's YAML file (`model: {input: .., output: ..}` per 1M tokens) on top."""
+    prices = dict(PRICES)
+    if path:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        for name, p in data.items():
+            prices[name] = (float(p["input"]), float(p["output"]))
+    return prices
+
+
+def cost_of(usage: dict[str, int], model: str, prices: dict[str, tuple[float, float]]) -> float | None:
+    """USD for the tokens used, or None when the model has no price."""
+    price = prices.get(model) or (prices["local"] if model.startswith("local") else None)
+    if price is None:
+        return None
+    return usage.get("prompt_tokens", 0) / 1e6 * price[0] + usage.get("completion_tokens", 0) / 1e6 * price[1]
+
+
+class _Progress:
+    """A rich progress bar with rate, ETA, failures, tokens and cost; silent when not on a terminal."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.failed = 0
+        self.tokens = 0
+        self.cost = 0.0
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]relabel"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(),
+            TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
+            transient=False, stderr=True,
+        )
+        self.start = time.monotonic()
+        self.done0 = done
+        self.task = self.bar.add_task("relabel", total=total, completed=done, rate=0.0, failed=0, tokens=0, cost=0.0)
+        self.bar.start()
+
+    def update(self, pred: Prediction, cost: float | None) -> None:
+        self.failed += pred.status == "failed"
+        if not pred.cached:
+            self.tokens += sum(pred.usage.values())
+            self.cost += cost or 0.0
+        if self.enabled:
+            t = self.bar.tasks[0]
+            rate = (t.completed + 1 - self.done0) / max(1e-6, time.monotonic() - self.start)
+            self.bar.update(self.task, advance=1, rate=rate, failed=self.failed, tokens=self.tokens, cost=self.cost)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[str, Any]:
+    """What a run's answers depend on; resuming with anything else mixes answers, so it is refused."""
+    settings = cfg.labeler.model_dump(exclude=_OPERATIONAL)
+    return {
+        "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col,
+        "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
+        "prompt": labeler.prompt.ref, "model": labeler.model.name, "settings": settings,
+    }
+
+
+def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> None:
+    state = run_dir / "run.json"
+    if not state.exists():
+        return
+    import json
+
+    old = json.loads(state.read_text(encoding="utf-8")).get("fingerprint", {})
+    if old == fingerprint:
+        return
+    diffs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if not force:
+        raise RunError(f"{run_dir} holds a run with other settings ({', '.join(diffs)} differ); "
+                       "use another --out, or --force to start this run over there (old predictions are kept aside)")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for name in ("predictions.jsonl", "run.json"):
+        p = run_dir / name
+        if p.exists():
+            p.rename(run_dir / f"{name}.replaced-{stamp}")
+
+
+def _resume(pred_path: Path, wanted: set[str]) -> tuple[dict[str, dict], int, int]:
+    """Keep one ok line per wanted id; drop failed and duplicate lines (they are redone); repair a torn tail."""
+    rows, cut = read_jsonl_repairing(pred_path)
+    keep: dict[str, dict] = {}
+    for row in rows:
+        if row.get("id") in wanted and row.get("status") == "ok" and row["id"] not in keep:
+            keep[row["id"]] = row
+    dropped = len(rows) - len(keep)
+    if dropped:
+        write_jsonl(pred_path, keep.values())
+    return keep, dropped, cut
+
+
+async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Relabel a dataset into cfg.out; resumable; returns the run summary (or the dry-run estimate)."""
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col)
+    items = select_items(corpus, cfg.limit, cfg.sample, cfg.seed)
+    lcfg = cfg.labeler
+    pool = lcfg.examples
+    labeler = Labeler(
+        lcfg.model, examples=corpus if pool is None else pool, taxonomy=lcfg.taxonomy, prompt=lcfg.prompt,
+        **lcfg.model_dump(exclude={"model", "examples", "taxonomy", "prompt"}),
+    )
+    if corpus.labeled:
+        labeler.taxonomy.check(corpus.labels, where=cfg.input)
+    prices = load_prices(cfg.prices)
+    if dry_run:
+        return _dry_run(cfg, corpus, items, labeler, prices)
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_hash = _sha256(cfg.input)
+    fingerprint = _fingerprint(cfg, input_hash, labeler)
+    _check_resume(run_dir, fingerprint, cfg.force)
+    atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "started": started.isoformat()})
+
+    pred_path = run_dir / "predictions.jsonl"
+    gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
+    done, redone, torn = _resume(pred_path, set(gold))
+    todo = [(it.id, it.text) for it in items if it.id not in done]
+    bar = _Progress(len(items), len(done), sys.stderr.isatty() if progress is None else progress)
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    try:
+        with open(pred_path, "a", encoding="utf-8") as f:
+            def record(pred: Prediction) -> None:
+                row = {**pred.model_dump(), "gold": gold[pred.id]}
+                append_jsonl(f, row)
+                if not pred.cached:
+                    for k in usage:
+                        usage[k] += pred.usage.get(k, 0)
+                bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))
+
+            await labeler.alabel_items(todo, on_result=record)
+    finally:
+        bar.close()
+        await labeler.aclose()
+
+    from ._report import write_run_outputs
+
+    rows, _ = read_jsonl_repairing(pred_path)
+    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    finished = datetime.now(timezone.utc)
+    from . import __version__
+
+    manifest = {
+        "tool": f"labelwise {__version__}",
+        "command": " ".join(sys.argv),
+        "input": {"path": str(cfg.input), "sha256": input_hash, "rows": corpus.rows, "unique_texts": len(corpus),
+                  "labeled": corpus.labeled},
+        "examples": {"path": str(pool) if pool else "input (leave-one-out)",
+                     "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
+        "model": labeler.model.name, "base_url": getattr(labeler.model, "base_url", None),
+        "structured_mode": getattr(labeler.model, "mode", "grammar"),
+        "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
+        "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
+        "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
+        "counts": {"selected": len(items), "resumed": len(done), "redone_or_deduplicated_lines": redone,
+                   "torn_bytes_repaired": torn, "labeled_now": len(todo), **summary["counts"]},
+        "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices),
+        "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
+        "transport": getattr(labeler.model, "stats", None),
+        "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
+    }
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"]}
+
+
+def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, prices) -> dict[str, Any]:
+    """Count, one rendered prompt, and a token and cost estimate; no model call."""
+    if not items:
+        raise RunError("nothing to label")
+    size = labeler.config.items_per_request
+    probe = items[: min(len(items), 50)]
+    prompt_tokens = [estimate_tokens(labeler.render(it.text, id=it.id).text) for it in probe]
+    per_request = sum(prompt_tokens) / len(prompt_tokens)
+    requests = -(-len(items) // size)
+    est = {"prompt_tokens": int(per_request * requests),
+           "completion_tokens": int(len(items) * (8 * labeler.config.max_labels + (12 if labeler.json_answer else 2)))}
+    return {
+        "unique_texts": len(corpus), "to_label": len(items), "requests": requests,
+        "example_prompt": labeler.render(items[0].text, id=items[0].id).text,
+        "estimated_tokens": est, "estimated_cost_usd": cost_of(est, labeler.model.name, prices),
+        "model": labeler.model.name, "prompt": labeler.prompt.ref,
+    }
+
+
+def relabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Sync wrapper of `arelabel`."""
+    from ._labeler import run_sync
+
+    return run_sync(arelabel(cfg, progress=progress, dry_run=dry_run))
