@@ -34,12 +34,27 @@ class PoolSelector(BaseExampleSelector):
     def _changed(self) -> None:
         """Hook for selectors that index the pool."""
 
+    def identity(self) -> dict[str, Any]:
+        """What decides this selector's choices (part of cache keys)."""
+        return {"strategy": type(self).__name__, "k": self.k, "seed": self.seed, **getattr(self, "params", {})}
+
     def select_examples(self, input_variables: dict[str, Any]) -> list[dict[str, Any]]:
         """Up to K examples for the input `text`; the text itself (and any identical text) is excluded."""
         if self.k <= 0 or not self.items:
             return []
         qid = input_variables.get("id") or item_id(input_variables["text"])
         return [_as_example(self.items[i]) for i in self._select(input_variables["text"], qid)]
+
+    def select_many(self, queries: list[tuple[str, str]], k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Examples for many (id, text) queries at once; `k` may ask for more than K (batches need spares)."""
+        k = self.k if k is None else k
+        if k <= 0 or not self.items:
+            return [[] for _ in queries]
+        saved, self.k = self.k, k
+        try:
+            return [[_as_example(self.items[i]) for i in self._select(text, qid)] for qid, text in queries]
+        finally:
+            self.k = saved
 
     def _select(self, text: str, qid: str) -> list[int]:
         raise NotImplementedError
@@ -48,9 +63,10 @@ class PoolSelector(BaseExampleSelector):
 class SimilarSelector(PoolSelector):
     """Nearest neighbours by character n-gram TF-IDF cosine: no word segmentation needed for Chinese."""
 
-    def __init__(self, pool, k: int, seed: int = 0, ngram_range: tuple[int, int] = (1, 3)) -> None:
+    def __init__(self, pool, k: int, seed: int = 0, ngram_range: tuple[int, int] = (1, 2)) -> None:
         super().__init__(pool, k, seed)
         self.ngram_range = ngram_range
+        self.params = {"ngram_range": list(ngram_range), "analyzer": "char", "sublinear_tf": True}
         self._index = None
 
     def _changed(self) -> None:
@@ -70,23 +86,36 @@ class SimilarSelector(PoolSelector):
         return (matrix @ vec.transform([text]).T).toarray().ravel()
 
     def _select(self, text: str, qid: str) -> list[int]:
+        return self._pick(self.similarities(text), qid, self.k)
+
+    def select_many(self, queries: list[tuple[str, str]], k: int | None = None) -> list[list[dict[str, Any]]]:
+        k = self.k if k is None else k
+        if k <= 0 or not self.items or not queries:
+            return [[] for _ in queries]
+        vec, matrix, _ = self._index or self._fit()
+        out: list[list[dict[str, Any]]] = []
+        for start in range(0, len(queries), 256):
+            chunk = queries[start:start + 256]
+            sims = (vec.transform([t for _, t in chunk]) @ matrix.T).toarray()
+            out += [[_as_example(self.items[i]) for i in self._pick(row, qid, k)] for row, (qid, _) in zip(sims, chunk)]
+        return out
+
+    def _pick(self, sims, qid: str, k: int) -> list[int]:
         import numpy as np
 
-        sims = self.similarities(text)
         ids = self._index[2]
-        take = min(len(sims), self.k + 1)
+        take = min(len(sims), k + 1)
         top = np.argpartition(-sims, take - 1)[:take]
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [int(i) for i in top if ids[i] != qid][: self.k]
+        return [int(i) for i in top if ids[i] != qid][:k]
 
 
 class DiverseSelector(SimilarSelector):
     """Cover as many labels as K allows: per label its nearest example, labels ordered by that nearness."""
 
-    def _select(self, text: str, qid: str) -> list[int]:
+    def _pick(self, sims, qid: str, k: int) -> list[int]:
         import numpy as np
 
-        sims = self.similarities(text)
         ids = self._index[2]
         order = np.argsort(-sims, kind="stable")
         chosen: list[int] = []
@@ -97,10 +126,11 @@ class DiverseSelector(SimilarSelector):
             if not covered.issuperset(self.items[i].labels):
                 chosen.append(int(i))
                 covered.update(self.items[i].labels)
-                if len(chosen) == self.k:
+                if len(chosen) == k:
                     return chosen
-        rest = [int(i) for i in order if ids[i] != qid and int(i) not in chosen]
-        return chosen + rest[: self.k - len(chosen)]
+        taken = set(chosen)
+        rest = [int(i) for i in order if ids[i] != qid and int(i) not in taken]
+        return chosen + rest[: k - len(chosen)]
 
 
 class RandomSelector(PoolSelector):
@@ -136,17 +166,20 @@ class RandomSelector(PoolSelector):
 class FixedSelector(PoolSelector):
     """The same examples for every text: the first pool item of each label, most frequent labels first."""
 
+    def _changed(self) -> None:
+        self._order = None
+
     def _select(self, text: str, qid: str) -> list[int]:
-        counts: dict[str, int] = defaultdict(int)
-        first: dict[str, int] = {}
-        for i, it in enumerate(self.items):
-            counts[it.labels[0]] += 1
-            first.setdefault(it.labels[0], i)
-        order = sorted(first, key=lambda lab: (-counts[lab], first[lab]))
-        picked = [first[lab] for lab in order if self.items[first[lab]].id != qid]
-        if len(picked) < self.k:
-            picked += [i for i in range(len(self.items)) if i not in picked and self.items[i].id != qid]
-        return picked[: self.k]
+        if getattr(self, "_order", None) is None:
+            counts: dict[str, int] = defaultdict(int)
+            first: dict[str, int] = {}
+            for i, it in enumerate(self.items):
+                counts[it.labels[0]] += 1
+                first.setdefault(it.labels[0], i)
+            heads = [first[lab] for lab in sorted(first, key=lambda lab: (-counts[lab], first[lab]))]
+            seen = set(heads)
+            self._order = heads + [i for i in range(len(self.items)) if i not in seen][: self.k + 64]
+        return [i for i in self._order if self.items[i].id != qid][: self.k]
 
 
 STRATEGIES: dict[str, type[PoolSelector]] = {

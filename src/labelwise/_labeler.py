@@ -128,11 +128,13 @@ class Labeler:
         self._schema = answer_model(self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
         self._settings_key = stable_hash({
             "model": self.model.identity(), "prompt": self.prompt.ref, "labels": self.taxonomy.labels,
-            "definitions": self.taxonomy.definitions, "strategy": cfg.strategy, "shots": self.shots, "seed": cfg.seed,
+            "definitions": self.taxonomy.definitions, "strategy": cfg.strategy, "shots": self.shots,
+            "selector": self.selector.identity() if self.selector else None, "seed": cfg.seed,
             "multi": cfg.multi_label, "max_labels": cfg.max_labels, "temperature": cfg.temperature,
             "json": self.json_answer, "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
             "ipr": cfg.items_per_request,
         })
+        self._prefetched: dict[str, list[dict[str, Any]]] = {}
         self.stats = {"model_calls": 0, "cache_hits": 0, "reasks": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     # ------------------------------------------------------------------ single items
@@ -141,23 +143,27 @@ class Labeler:
         """Examples for one or more items; none of them is ever an example of itself or of a batch-mate."""
         if not self.selector:
             return []
-        banned = {k for k, _ in keys}
-        if len(keys) == 1:
-            return self.selector.select_examples({"text": keys[0][1], "id": keys[0][0]})
         k = self.selector.k
-        self.selector.k = k + len(keys)
-        try:
-            per_item = [self.selector.select_examples({"text": t, "id": i}) for i, t in keys]
-        finally:
-            self.selector.k = k
+        missing = [q for q in keys if q[0] not in self._prefetched]
+        if missing:
+            self._prefetch(missing)
+        per_item = [self._prefetched.pop(iid) for iid, _ in keys]
+        banned = {iid for iid, _ in keys}
         merged: dict[str, dict[str, Any]] = {}
-        for rank in range(k + len(keys)):
+        for rank in range(max(map(len, per_item), default=0)):
             for exs in per_item:
                 if rank < len(exs) and exs[rank]["id"] not in banned:
                     merged.setdefault(exs[rank]["id"], exs[rank])
             if len(merged) >= k:
                 break
         return list(merged.values())[:k]
+
+    def _prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Select examples for many items in one vectorised pass (spares for batch-mates included)."""
+        if self.selector:
+            extra = self.config.items_per_request - 1
+            for (iid, _), exs in zip(keys, self.selector.select_many(list(keys), self.selector.k + extra)):
+                self._prefetched[iid] = exs
 
     def _request(self, prompt: str, batch: bool = False, schema: dict | None = None) -> ModelRequest:
         cfg = self.config
@@ -187,14 +193,22 @@ class Labeler:
     def _memo_key(self, iid: str) -> str:
         return f"{self._settings_key}:{iid}"
 
+    def _memo(self, iid: str, text: str) -> Prediction | None:
+        """A finished prediction for this item under exactly these settings, if one is cached."""
+        if self.cache is None:
+            return None
+        hit = self.cache.get("prediction", self._memo_key(iid))
+        if hit is None:
+            return None
+        self.stats["cache_hits"] += 1
+        return Prediction.model_validate({**hit, "cached": True, "text": text})
+
     async def alabel(self, text: str, *, id: str | None = None) -> Prediction:
         """Label one text (async)."""
         iid = id or item_id(text)
-        if self.cache is not None:
-            hit = self.cache.get("prediction", self._memo_key(iid))
-            if hit is not None:
-                self.stats["cache_hits"] += 1
-                return Prediction.model_validate({**hit, "cached": True, "text": text})
+        hit = self._memo(iid, text)
+        if hit is not None:
+            return hit
         rendered = self.render(text, id=iid)
         return await self._label_request(iid, text, self._request(rendered.text), list(rendered.example_ids))
 
@@ -243,10 +257,9 @@ class Labeler:
         out: dict[str, Prediction] = {}
         todo = []
         for iid, text in items:
-            hit = self.cache.get("prediction", self._memo_key(iid)) if self.cache is not None else None
+            hit = self._memo(iid, text)
             if hit is not None:
-                self.stats["cache_hits"] += 1
-                out[iid] = Prediction.model_validate({**hit, "cached": True, "text": text})
+                out[iid] = hit
             else:
                 todo.append((iid, text))
         if len(todo) == 1:
@@ -254,12 +267,14 @@ class Labeler:
         elif todo:
             keys = tuple(str(n) for n in range(1, len(todo) + 1))
             examples = self._examples_for(todo)
-            rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, todo)], self.taxonomy, examples)
+            rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, todo)], self.taxonomy,
+                                                examples, json_answer=self.json_answer)
             schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
-            request = self._request(rendered.text, batch=True, schema=schema)
+            request = replace(self._request(rendered.text, batch=True, schema=schema), keys=keys)
             try:
                 answer, cached = await self._ask(request)
-                results = parse_batch_answer(answer.text, keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
+                results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
+                                             cfg.max_labels)
             except (TransportError, ModelError) as err:
                 answer, cached, results = None, False, {k: str(err) for k in keys}
             share = {k: v // len(todo) for k, v in (answer.usage.items() if answer else [])}
@@ -284,7 +299,7 @@ class Labeler:
         """Confidence of an item's first label: the tokens spelling it after the item's id in the answer."""
         if not answer or not answer.tokens:
             return None
-        marker = f'"{key}"'
+        marker = f"[{key}] " if answer.format == "lines" else f'"{key}"'
         at = answer.text.find(marker)
         if at < 0:
             return None
@@ -301,20 +316,47 @@ class Labeler:
         self, items: Sequence[tuple[str, str]], *, on_result: Callable[[Prediction], Any] | None = None
     ) -> list[Prediction]:
         """Label (id, text) pairs with bounded concurrency; `on_result` sees each prediction as it completes."""
-        size = self.config.items_per_request
-        groups = [items[i:i + size] for i in range(0, len(items), size)]
-        sem = asyncio.Semaphore(self.config.concurrency)
         results: dict[str, Prediction] = {}
 
-        async def run(group: Sequence[tuple[str, str]]) -> None:
-            async with sem:
-                preds = await self._alabel_batch(group) if len(group) > 1 else [await self.alabel(group[0][1], id=group[0][0])]
-            for p in preds:
-                results[p.id] = p
-                if on_result is not None:
-                    on_result(p)
+        def done(pred: Prediction) -> None:
+            results[pred.id] = pred
+            if on_result is not None:
+                on_result(pred)
 
-        await asyncio.gather(*(run(g) for g in groups))
+        todo = []
+        for iid, text in items:
+            hit = self._memo(iid, text)
+            if hit is not None:
+                done(hit)
+            else:
+                todo.append((iid, text))
+        size = self.config.items_per_request
+        groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+        queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self.config.concurrency)
+
+        async def produce() -> None:
+            step = max(1, 256 // size)
+            for start in range(0, len(groups), step):
+                chunk = groups[start:start + step]
+                self._prefetch([q for g in chunk for q in g])
+                for g in chunk:
+                    await queue.put(g)
+            for _ in range(n_workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (group := await queue.get()) is not None:
+                preds = await self._alabel_batch(group) if len(group) > 1 else [await self.alabel(group[0][1], id=group[0][0])]
+                for p in preds:
+                    done(p)
+
+        n_workers = min(self.config.concurrency, max(1, len(groups)))
+        tasks = [asyncio.create_task(produce())] + [asyncio.create_task(work()) for _ in range(n_workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
         return [results[iid] for iid, _ in items]
 
     async def alabel_many(self, texts: Iterable[str]) -> list[Prediction]:

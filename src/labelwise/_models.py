@@ -37,6 +37,7 @@ class ModelRequest:
     multi_label: bool = True
     max_labels: int = 3
     batch: bool = False
+    keys: tuple[str, ...] = ()
     reasks: tuple[tuple[str, str], ...] = ()
     temperature: float = 0.0
     max_tokens: int = 256
@@ -327,15 +328,16 @@ class LocalModel(Model):
                               verbose=False)
         return self._llm
 
-    def _grammar(self, labels: tuple[str, ...], multi: bool, max_labels: int):
-        key = (labels, multi, max_labels)
+    def _grammar(self, labels: tuple[str, ...], multi: bool, max_labels: int, keys: tuple[str, ...] = ()):
+        """GBNF: one label list and a newline; for a batch, one `[key] labels` line per key, in order."""
+        key = (labels, multi, max_labels, keys)
         if key not in self._grammars:
             from llama_cpp import LlamaGrammar
 
-
             alts = " | ".join(json.dumps(lab, ensure_ascii=False) for lab in labels)
             more = f' ("{LABEL_JOINER}" label){{0,{max_labels - 1}}}' if multi and max_labels > 1 else ""
-            gbnf = f'root ::= label{more} "\\n"\nlabel ::= {alts}\n'
+            root = " ".join(f'"[{k}] " labels "\\n"' for k in keys) if keys else 'labels "\\n"'
+            gbnf = f"root ::= {root}\nlabels ::= label{more}\nlabel ::= {alts}\n"
             self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
         return self._grammars[key]
 
@@ -368,11 +370,12 @@ class LocalModel(Model):
         prompt = request.prompt
         for answer, correction in request.reasks:
             prompt += answer + "\n" + correction + "\n类别："
+        budget = request.max_tokens * max(1, len(request.keys))
         with self._lock:
             llm = self._load()
-            grammar = self._grammar(request.labels, request.multi_label, request.max_labels)
+            grammar = self._grammar(request.labels, request.multi_label, request.max_labels, request.keys)
             ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-            if len(ids) + request.max_tokens > self.n_ctx:
+            if len(ids) + budget > self.n_ctx:
                 raise ModelConfigError(f"prompt of {len(ids)} tokens does not fit the context of {self.n_ctx}; use fewer shots")
             n_vocab = llm.n_vocab()
             vocab = self._label_vocab(llm, request.labels)
@@ -384,7 +387,10 @@ class LocalModel(Model):
                 if tok == llm.token_eos():
                     break
                 logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
-                allowed = self._allowed(vocab, targets, text.rsplit(LABEL_JOINER, 1)[-1] + pending.decode("utf-8", "ignore"))
+                partial = text.rsplit("\n", 1)[-1].rsplit(LABEL_JOINER, 1)[-1]
+                if request.keys and partial.startswith("["):
+                    partial = partial.split("] ", 1)[-1]
+                allowed = self._allowed(vocab, targets, partial + pending.decode("utf-8", "ignore"))
                 if tok not in allowed:
                     allowed = range(n_vocab)
                 sub = logits[list(allowed)].astype(np.float64)
@@ -395,16 +401,16 @@ class LocalModel(Model):
                 try:
                     piece = pending.decode("utf-8")
                 except UnicodeDecodeError:
-                    if generated < request.max_tokens:
+                    if generated < budget:
                         continue
                     piece = pending.decode("utf-8", errors="replace")
                 pieces.append((piece, pending_lp))
                 text += piece
                 pending, pending_lp = b"", 0.0
-                if text.endswith("\n") or generated >= request.max_tokens:
+                if generated >= budget or (text.endswith("\n") and text.count("\n") >= max(1, len(request.keys))):
                     break
         usage = {"prompt_tokens": len(ids), "completion_tokens": generated}
-        return ModelAnswer(text, "labels", pieces, usage, "grammar")
+        return ModelAnswer(text, "lines" if request.keys else "labels", pieces, usage, "grammar")
 
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         return await asyncio.to_thread(self._complete_sync, request)

@@ -15,12 +15,14 @@ __all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 LABEL_JOINER = "、"
-_FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "json_instruction"}
+_FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "batch_completion",
+           "json_instruction"}
 _DEFAULT_JSON_INSTRUCTION = '只输出一个JSON对象，格式为 {{"labels": ["类别", ...]}}，类别必须取自上面的类别列表。'
 _DEFAULT_BATCH_SUFFIX = (
     "请为下面每个句子分别给出类别。每个句子前的方括号里是它的编号。\n{items}\n"
     '只输出一个JSON对象，格式为 {{"items": [{{"id": "编号", "labels": ["类别", ...]}}, ...]}}，每个编号恰好一次。'
 )
+_DEFAULT_BATCH_COMPLETION = "\n下面每个句子前的方括号里是它的编号。\n{items}\n\n各句的类别依次为：\n"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class PromptSpec:
     suffix: str
     separator: str = "\n"
     batch_suffix: str = _DEFAULT_BATCH_SUFFIX
+    batch_completion: str = _DEFAULT_BATCH_COMPLETION
     json_instruction: str = _DEFAULT_JSON_INSTRUCTION
     description: str = ""
 
@@ -65,7 +68,7 @@ class PromptSpec:
         from langchain_core.prompts import PromptTemplate
 
         parts = {"prefix": self.prefix, "suffix": self.suffix, "batch_suffix": self.batch_suffix,
-                 "json_instruction": self.json_instruction}
+                 "batch_completion": self.batch_completion, "json_instruction": self.json_instruction}
         if self.example:
             parts["example"] = self.example
         try:
@@ -101,12 +104,15 @@ class PromptSpec:
             body = body + "\n" + self._fill("json_instruction", ctx)
         return Rendered(body, tuple(ex["id"] for ex in examples if self.example))
 
-    def render_batch(self, items: list[tuple[str, str]], taxonomy: Taxonomy, examples: list[dict[str, Any]]) -> Rendered:
-        """One prompt for several (key, text) items, static parts first so prefix caches help; JSON answer."""
+    def render_batch(self, items: list[tuple[str, str]], taxonomy: Taxonomy, examples: list[dict[str, Any]], *,
+                     json_answer: bool = True) -> Rendered:
+        """One prompt for several (key, text) items, static parts first so prefix caches help."""
         ctx = self._context(taxonomy)
         listing = "\n".join(f"[{key}] {text}" for key, text in items)
-        parts = self._head(taxonomy, examples) + [self._fill("batch_suffix", {**ctx, "items": listing})]
-        return Rendered(self.separator.join(p.rstrip("\n") for p in parts), tuple(ex["id"] for ex in examples if self.example))
+        tail = self._fill("batch_suffix" if json_answer else "batch_completion", {**ctx, "items": listing})
+        body = self.separator.join(p.rstrip("\n") for p in self._head(taxonomy, examples))
+        return Rendered(body + "\n" + tail.lstrip("\n") if json_answer else body + "\n" + tail,
+                        tuple(ex["id"] for ex in examples if self.example))
 
 
 def load_prompt(name_or_path: str | Path) -> PromptSpec:
@@ -142,6 +148,7 @@ def load_prompt(name_or_path: str | Path) -> PromptSpec:
         suffix=data["suffix"],
         separator=data.get("separator", "\n"),
         batch_suffix=data.get("batch_suffix", _DEFAULT_BATCH_SUFFIX),
+        batch_completion=data.get("batch_completion", _DEFAULT_BATCH_COMPLETION),
         json_instruction=data.get("json_instruction", _DEFAULT_JSON_INSTRUCTION),
         description=data.get("description", ""),
     )

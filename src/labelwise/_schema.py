@@ -99,14 +99,29 @@ def parse_answer(text: str, fmt: str, labels: tuple[str, ...], multi_label: bool
     return list(model.model_validate(data).labels)
 
 
-def parse_batch_answer(text: str, keys: tuple[str, ...], labels: tuple[str, ...], multi_label: bool, max_labels: int) -> dict[str, list[str] | str]:
+def _lines_to_entries(text: str) -> list[dict[str, Any]]:
+    """`[key] A、B` lines (the embedded model's batch answer) as {"id", "labels"} entries."""
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and "]" in line:
+            key, _, rest = line[1:].partition("]")
+            entries.append({"id": key.strip(), "labels": [p.strip() for p in rest.split(LABEL_JOINER) if p.strip()]})
+    return entries
+
+
+def parse_batch_answer(text: str, fmt: str, keys: tuple[str, ...], labels: tuple[str, ...], multi_label: bool,
+                       max_labels: int) -> dict[str, list[str] | str]:
     """Per key: validated labels, or the error message for that key (missing / invalid), each item on its own."""
     item_model = answer_model(labels, multi_label, max_labels)
     out: dict[str, list[str] | str] = {k: "no answer for this item" for k in keys}
-    try:
-        data = _load_json(text)
-    except ValueError as e:
-        return {k: str(e) for k in keys}
+    if fmt == "lines":
+        data: Any = {"items": _lines_to_entries(text)}
+    else:
+        try:
+            data = _load_json(text)
+        except ValueError as e:
+            return {k: str(e) for k in keys}
     entries = data.get("items") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         return {k: "answer has no `items` list" for k in keys}
