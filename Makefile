@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# llama-cpp-python ships only its source on PyPI: the first install compiles it (about 4 minutes on 2 cores).
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q -e '.[local,server,dev]'
+	# A CJK font so plots show Chinese labels (Debian's WenQuanYi Micro Hei, 1.6 MB); plots fall back without it.
+	@fc-list :lang=zh 2>/dev/null | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null; } || \
+		echo "note: no CJK font installed; plots will show boxes for Chinese labels"; }
 	touch $(STAMP)
 
 run: install

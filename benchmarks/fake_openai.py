@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
+import functools
+import http
 import json
+import math
 import random
 import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,8 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?)$")
 _ID_RE = re.compile(r"^\s*\[([^\]\n]+)\]([^\n]*)", re.M)
 _TEXT_RE = re.compile(r"^\s*(句子|文本|text|sentence|input)\s*[:：]", re.M | re.I)
@@ -88,6 +90,7 @@ class Stats:
     """Counters of what the server answered; `log` holds (arrival, done, status) per chat request (monotonic)."""
 
     requests: int = 0
+    connections: int = 0
     completions: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     rate_limited: int = 0
@@ -101,9 +104,9 @@ class Stats:
 
     def snapshot(self, with_log: bool = False) -> dict[str, Any]:
         """A JSON-able copy (the log only when asked)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "log"}
         d["by_status"] = {str(k): v for k, v in sorted(self.by_status.items())}
-        return d if with_log else {k: v for k, v in d.items() if k != "log"}
+        return {**d, "log": list(self.log)} if with_log else d
 
 
 def _text(content: Any) -> str:
@@ -134,9 +137,108 @@ def _prompt_labels(prompt: str) -> list[str]:
     return []
 
 
+@functools.lru_cache(maxsize=64)
+def _reason(status: int) -> str:
+    """The HTTP reason phrase of a status."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _fmt_s(seconds: float) -> str:
     """Seconds as a short decimal string ("1", "0.25")."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: parses Content-Length requests and answers them in order."""
+
+    def __init__(self, server: FakeOpenAIServer) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.head: tuple[str, str, dict[str, str], int, bool] | None = None  # method, path, headers, length, close
+        self.transport: asyncio.Transport | None = None
+        self.pending: tuple[asyncio.TimerHandle, _Reply] | None = None  # a delayed answer (latency, hang)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server._conns.add(self)
+        self.server.stats.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._conns.discard(self)
+        if self.pending:  # the client gave up (timeout) or the server closes: the answer is never sent
+            self.pending[0].cancel()
+            self.server._finish(self.pending[1], sent=False)
+            self.pending = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._next()
+
+    def _next(self) -> None:
+        """Answer every complete request in the buffer, unless one is still pending."""
+        while self.pending is None and self.transport and not self.transport.is_closing():
+            if self.head is None:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > 1 << 16:
+                        self.transport.close()
+                    return
+                lines = self.buf[:end].decode("latin-1").split("\r\n")
+                del self.buf[:end + 4]
+                method, target, version = (lines[0].split(" ", 2) + ["", ""])[:3]
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                try:
+                    length = int(headers.get("content-length") or 0)
+                except ValueError:
+                    length = 0
+                close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                self.head = (method, target.split("?", 1)[0], headers, length, close)
+            method, path, headers, length, close = self.head
+            if len(self.buf) < length:
+                return
+            body = bytes(self.buf[:length])
+            del self.buf[:length]
+            self.head = None
+            reply = self.server._respond(method, path, headers, body)
+            reply.close = close
+            if reply.delay > 0:
+                loop = asyncio.get_running_loop()
+                self.pending = (loop.call_later(reply.delay, self._send, reply), reply)
+            else:
+                self._send(reply)
+
+    def _send(self, reply: _Reply) -> None:
+        """Write one response, then go on with buffered requests."""
+        self.pending = None
+        assert self.transport is not None
+        extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        self.transport.write(f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n"
+                             f"content-type: application/json\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
+                             .encode() + reply.body)
+        self.server._finish(reply, sent=True)
+        if reply.close:
+            self.transport.close()
+        elif self.buf:
+            self._next()
+
+
+@dataclass
+class _Reply:
+    """An answer to send after `delay` seconds; `chat` when it counts as a chat completion in flight."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    chat: bool = False
+    arrival: float = 0.0
+    close: bool = False
 
 
 class FakeOpenAIServer:
@@ -151,8 +253,8 @@ class FakeOpenAIServer:
         self._tokens = self._bucket_size()
         self._refilled = time.monotonic()
         self._ids = 0
-        self._conns: set[asyncio.Task[None]] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -165,16 +267,17 @@ class FakeOpenAIServer:
     async def serve(self) -> None:
         """Start listening on the running loop (the thread or the CLI calls this)."""
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, backlog=1024)
+        self._server = await self._loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:
-        """Stop listening and drop every connection, hanging requests included."""
+        """Stop listening and drop every connection, pending (hanging) answers included."""
         if self._server:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
+        for conn in list(self._conns):
+            if conn.transport:
+                conn.transport.abort()
+        await asyncio.sleep(0)
 
     def start(self) -> FakeOpenAIServer:
         """Run the server in a daemon thread; returns once it listens."""
@@ -187,9 +290,9 @@ class FakeOpenAIServer:
                 loop.run_until_complete(self.serve())
             except BaseException as e:  # noqa: BLE001 - handed to the starting thread
                 failure.append(e)
-                ready.set()
                 return
-            ready.set()
+            finally:
+                ready.set()
             loop.run_forever()
             loop.run_until_complete(self.aclose())
             loop.close()
@@ -209,13 +312,12 @@ class FakeOpenAIServer:
         self._thread = None
 
     def cpu_s(self) -> float:
-        """CPU seconds the server thread has used so far."""
+        """CPU seconds the server's thread has used so far."""
         if self._loop is None or self._thread is None:
             return time.thread_time()
-
-        async def probe() -> float:
-            return time.thread_time()
-        return asyncio.run_coroutine_threadsafe(probe(), self._loop).result(5)
+        done: concurrent.futures.Future[float] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(lambda: done.set_result(time.thread_time()))
+        return done.result(5)
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -229,41 +331,8 @@ class FakeOpenAIServer:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
 
-    # ---- HTTP ------------------------------------------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve HTTP/1.1 requests on one keep-alive connection (Content-Length bodies)."""
-        task = asyncio.current_task()
-        self._conns.add(task)  # type: ignore[arg-type]
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, version = (lines[0].split(" ", 2) + ["", ""])[:3]
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length") or 0)
-                body = await reader.readexactly(length) if length else b""
-                status, extra, payload = await self._dispatch(method, target.split("?", 1)[0], headers, body)
-                self.stats.requests += 1
-                self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
-                hdrs = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-                writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
-                             f"content-length: {len(payload)}\r\n{hdrs}\r\n".encode() + payload)
-                await writer.drain()
-                if headers.get("connection", "").lower() == "close" or version == "HTTP/1.0":
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
-            return  # swallowing the cancel of aclose() keeps 3.11's start_server callback quiet
-        finally:
-            self._conns.discard(task)  # type: ignore[arg-type]
-            writer.close()
-
-    async def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    # ---- requests --------------------------------------------------------------------------------------------
+    def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
         """Route one request: auth, then models, stats or chat completions."""
         key = self.scenario.require_api_key
         if key and headers.get("authorization") != f"Bearer {key}":
@@ -271,14 +340,23 @@ class FakeOpenAIServer:
         path = path.removeprefix("/v1")
         if method == "GET" and path == "/models":
             data = [{"id": self.scenario.model, "object": "model", "created": 0, "owned_by": "labelwise"}]
-            return 200, {}, json.dumps({"object": "list", "data": data}).encode()
+            return _Reply(200, json.dumps({"object": "list", "data": data}).encode())
         if method == "GET" and path == "/_stats":
-            return 200, {}, json.dumps({**self.stats.snapshot(), "cpu_s": time.thread_time()}).encode()
+            return _Reply(200, json.dumps({**self.stats.snapshot(), "cpu_s": time.thread_time()}).encode())
         if method == "POST" and path == "/chat/completions":
-            return await self._chat(body)
+            return self._chat(body)
         return _error(404, f"no route {method} {path}", "invalid_request_error")
 
-    # ---- chat completions ------------------------------------------------------------------------------------
+    def _finish(self, reply: _Reply, sent: bool) -> None:
+        """Count an answer that was sent (or, with sent=False, dropped: status 0 in the log)."""
+        st = self.stats
+        if sent:
+            st.requests += 1
+            st.by_status[reply.status] = st.by_status.get(reply.status, 0) + 1
+        if reply.chat:
+            st.in_flight -= reply.status != 429
+            st.log.append((reply.arrival, time.monotonic(), reply.status if sent else 0))
+
     def _bucket_size(self) -> float:
         """Token-bucket capacity for the rpm limit."""
         rpm = self.scenario.rpm or 60.0
@@ -313,7 +391,7 @@ class FakeOpenAIServer:
             r -= rate
         return "ok", None
 
-    async def _chat(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _chat(self, body: bytes) -> _Reply:
         """Answer one chat-completions request according to the scenario."""
         sc, st = self.scenario, self.stats
         arrival = time.monotonic()
@@ -323,7 +401,6 @@ class FakeOpenAIServer:
             req = None
         if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
             return _error(400, "body must be a JSON object with a `messages` list", "invalid_request_error")
-        messages = req["messages"]
         rf = req.get("response_format") if isinstance(req.get("response_format"), dict) else {}
         if req.get("stream"):
             return _error(400, "stream is not supported by the fake server", "invalid_request_error")
@@ -333,32 +410,26 @@ class FakeOpenAIServer:
         kind, arg = self._decide()
         if kind == "429":
             st.rate_limited += 1
-            wait = sc.retry_after_s if arg is None else arg
-            st.log.append((arrival, time.monotonic(), 429))
-            return _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
-                          {"retry-after": _fmt_s(wait), "retry-after-ms": str(max(0, round(wait * 1000)))})
-        st.in_flight += 1
-        st.max_in_flight = max(st.max_in_flight, st.in_flight)
-        status = 0
-        try:
-            delay = max(0.0, sc.latency_s + self._rng.uniform(-sc.jitter_s, sc.jitter_s)) if sc.jitter_s else sc.latency_s
-            if kind == "hang":
-                st.hangs += 1
-                delay = sc.hang_s if arg is None else arg
-            if delay:
-                await asyncio.sleep(delay)
-            if kind.isdigit():
-                status = int(kind)
-                st.errors += status >= 500
-                return _error(status, f"injected error {status} (fake server)",
-                              "server_error" if status >= 500 else "invalid_request_error")
-            status = 200
+            ms = max(0, math.ceil((sc.retry_after_s if arg is None else arg) * 1000))
+            reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
+                           {"retry-after": _fmt_s(ms / 1000), "retry-after-ms": str(ms)})
+        elif kind.isdigit():
+            st.errors += int(kind) >= 500
+            reply = _error(int(kind), f"injected error {kind} (fake server)",
+                           "server_error" if int(kind) >= 500 else "invalid_request_error")
+        else:
             st.garbage += kind == "garbage"
             st.off_taxonomy += kind == "off_taxonomy"
-            return 200, {}, json.dumps(self._completion(req, messages, kind), ensure_ascii=False).encode()
-        finally:
-            st.in_flight -= 1
-            st.log.append((arrival, time.monotonic(), status))
+            reply = _Reply(200, json.dumps(self._completion(req, req["messages"], kind), ensure_ascii=False).encode())
+        reply.chat, reply.arrival = True, arrival
+        if kind != "429":
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            reply.delay = max(0.0, sc.latency_s + self._rng.uniform(-sc.jitter_s, sc.jitter_s)) if sc.jitter_s else sc.latency_s
+        if kind == "hang":
+            st.hangs += 1
+            reply.delay = sc.hang_s if arg is None else arg
+        return reply
 
     def _completion(self, req: dict[str, Any], messages: list[Any], kind: str) -> dict[str, Any]:
         """The chat.completion object: n choices with answers, optional logprobs, and usage."""
@@ -403,7 +474,7 @@ class FakeOpenAIServer:
         if off:
             return [OFF_LABEL if all(isinstance(x, str) for x in labels) else 987654321]
         hits, rest = [], text
-        for lab in sorted((x for x in labels if isinstance(x, str) and x), key=len, reverse=True):
+        for lab in _longest_first(tuple(x for x in labels if isinstance(x, str))):
             if lab in rest:
                 hits.append(lab)
                 rest = rest.replace(lab, "\0")
@@ -448,6 +519,12 @@ class FakeOpenAIServer:
         return {"boolean": True, "null": None}.get(kind, "fake")  # type: ignore[arg-type]
 
 
+@functools.lru_cache(maxsize=256)
+def _longest_first(labels: tuple[str, ...]) -> list[str]:
+    """The labels, longest first (so "not spam" is matched before "spam")."""
+    return sorted((x for x in labels if x), key=len, reverse=True)
+
+
 def _resolve(s: Any, root: dict[str, Any]) -> Any:
     """Follow local `$ref`s (`#/$defs/X`) to the schema node they point at."""
     for _ in range(32):
@@ -477,11 +554,10 @@ def _logprobs(content: str, top: int) -> list[dict[str, Any]]:
     return out
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None,
-           headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def _error(status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> _Reply:
     """An OpenAI-style error response."""
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return status, headers or {}, json.dumps(body).encode()
+    return _Reply(status, json.dumps(body).encode(), headers or {})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -497,15 +573,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--api-key")
     args = p.parse_args(argv)
-    fields = json.loads(args.scenario) if args.scenario else {}
+    overrides = json.loads(args.scenario) if args.scenario else {}
     names = {"latency": "latency_s", "jitter": "jitter_s", "retry_after": "retry_after_s", "hang": "hang_s",
              "api_key": "require_api_key"}
     for name, value in vars(args).items():
         if name not in ("host", "port", "scenario") and value is not None:
-            fields[names.get(name, name)] = value
+            overrides[names.get(name, name)] = value
 
     async def run() -> None:
-        server = FakeOpenAIServer(Scenario(**fields), args.host, args.port)
+        server = FakeOpenAIServer(Scenario(**overrides), args.host, args.port)
         await server.serve()
         print(f"fake OpenAI server at {server.base_url}", flush=True)
         stop = asyncio.Event()

@@ -232,6 +232,16 @@ def test_bootstrap_ci_contains_point_and_is_reproducible():
     assert score(gold, pred, n_boot=0).ci == {}
 
 
+def test_bootstrap_ci_matches_binomial_interval():
+    gold, pred = make_data(8, n=600)
+    for level, z in [(0.95, 1.959964), (0.5, 0.674490)]:
+        a = score(gold, pred, n_boot=4000, seed=1, ci=level)
+        p = a.top1_accuracy
+        half = z * math.sqrt(p * (1 - p) / len(gold))
+        low, high = a.ci["top1_accuracy"]
+        assert low == pytest.approx(p - half, abs=0.1 * half) and high == pytest.approx(p + half, abs=0.1 * half)
+
+
 def test_bootstrap_ci_width_shrinks_with_n():
     small = score(*make_data(0, n=100), n_boot=300)
     large = score(*make_data(0, n=1600), n_boot=300)
@@ -257,6 +267,7 @@ def test_compare_b_clearly_better():
         assert d.diff == pytest.approx(getattr(sb, m) - getattr(sa, m))
         assert d.diff > 0 and d.p_value < 0.05 and d.ci[0] > 0, m
     assert c.mcnemar.b01 > c.mcnemar.b10 and c.mcnemar.p_value < 0.05
+    assert c.metrics["top1_accuracy"].p_value == pytest.approx(2 / 501)
     reverse = compare(gold, b, a, TAXONOMY, n_boot=500)
     assert reverse.metrics["micro_f1"].diff == pytest.approx(-c.metrics["micro_f1"].diff)
     assert (reverse.mcnemar.b01, reverse.mcnemar.b10) == (c.mcnemar.b10, c.mcnemar.b01)
@@ -269,6 +280,19 @@ def test_compare_identical_predictions():
         assert d.diff == 0.0 and d.ci == (0.0, 0.0) and d.p_value == 1.0
     assert (c.mcnemar.b01, c.mcnemar.b10, c.mcnemar.p_value, c.mcnemar.method) == (0, 0, 1.0, "none")
     assert_no_nan(c)
+
+
+def test_compare_p_value_agrees_with_normal_approximation():
+    from scipy.stats import norm
+
+    gold, a = make_data(6, n=800)
+    rng = np.random.default_rng(3)
+    b = [[] if rng.random() < 0.07 else p for p in improve(gold, a, 2, share=0.15)]
+    c = compare(gold, a, b, n_boot=4000).metrics["top1_accuracy"]
+    sd = (c.ci[1] - c.ci[0]) / (2 * 1.959964)
+    expected = 2 * norm.sf(c.diff / sd)
+    assert 0.005 < expected < 0.2
+    assert c.p_value == pytest.approx(expected, rel=0.5)
 
 
 def test_compare_small_difference_not_significant():

@@ -387,7 +387,7 @@ def compare(
             interval = _interval(d, ci)
             if len(d):
                 tails = min((d <= 0).sum(), (d >= 0).sum())
-                p_value = float(min(1.0, 20 * (tails + 1) / (len(d) + 1)))
+                p_value = float(min(1.0, 2 * (tails + 1) / (len(d) + 1)))
         metrics[m] = Difference(a=a, b=b, diff=diff, ci=interval, p_value=p_value)
     ha, hb = data.sides[0].hit, data.sides[1].hit
     return Comparison(

@@ -167,6 +167,31 @@ def agree(
         typer.echo(f"confusion heatmap: {plot}")
 
 
+@app.command("eval")
+def eval_(
+    spec: Path = typer.Argument(..., help="eval spec YAML, e.g. evals/policy.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default runs/eval-NAME)"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="run only this variant (repeatable)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="use only the first N held-out texts"),
+    fail_under: Optional[list[str]] = typer.Option(None, "--fail-under", help="[VARIANT:]METRIC=VALUE; exit 1 when below"),
+) -> None:
+    """Run an eval spec: every variant on the held-out split; write a leaderboard."""
+    from ._evals import check_gates, leaderboard_markdown, run_eval
+    from ._exceptions import LabelwiseError
+
+    try:
+        result = run_eval(spec, out=out, only=only, limit=limit)
+        failures = check_gates(result, fail_under or [])
+    except (LabelwiseError, ValueError) as err:
+        _fail(err)
+    typer.echo(leaderboard_markdown(result))
+    typer.echo(f"written to {result['out']}/ (leaderboard.md, leaderboard.html, results.json, agreement_vs_cost.png)")
+    if failures:
+        for f in failures:
+            typer.echo(f"FAIL: {f}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

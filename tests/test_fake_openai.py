@@ -1,0 +1,311 @@
+"""The fake OpenAI server, exercised through the real `openai` SDK; `python tests/test_fake_openai.py` benchmarks it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import openai
+import pytest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from benchmarks.fake_openai import OFF_LABEL, FakeOpenAIServer, Scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ("spam", "ham", "not spam", "eggs")
+
+
+class Answer(BaseModel):
+    """`{"labels": [...]}` with taxonomy labels only."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: Annotated[list[Literal[LABELS]], Field(min_length=1, max_length=2)]  # type: ignore[valid-type]
+
+
+class Item(BaseModel):
+    """One entry of a batch answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: Literal["a1", "b2", "c3"]
+    labels: Annotated[list[Literal[LABELS]], Field(min_length=1, max_length=2)]  # type: ignore[valid-type]
+
+
+class Batch(BaseModel):
+    """`{"items": [{"id", "labels"}, ...]}` (pydantic puts Item under `$defs`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[Item]
+
+
+def schema_format(model: type[BaseModel]) -> dict[str, Any]:
+    """A `json_schema` response_format for a pydantic model."""
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": True}}
+
+
+def client(server: FakeOpenAIServer, **kw: Any) -> openai.AsyncOpenAI:
+    """An SDK client without retries against the server."""
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key=kw.pop("api_key", "test"), max_retries=0, **kw)
+
+
+async def ask(c: openai.AsyncOpenAI, text: str = "label this", **kw: Any) -> Any:
+    """One chat completion with a single user message."""
+    return await c.chat.completions.create(model="fake", messages=[{"role": "user", "content": text}], **kw)
+
+
+async def test_json_schema_answer_has_labels_from_the_enum() -> None:
+    with FakeOpenAIServer(Scenario(seed=1)) as server:
+        c = client(server)
+        seen = set()
+        for _ in range(20):
+            r = await ask(c, response_format=schema_format(Answer))
+            seen.update(Answer.model_validate_json(r.choices[0].message.content).labels)
+            assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0 and r.id and r.model == "fake"
+            assert r.choices[0].finish_reason == "stop"
+        assert seen <= set(LABELS) and len(seen) > 1
+        r = await ask(c, "Sentence: this is not spam at all", response_format=schema_format(Answer))
+        assert Answer.model_validate_json(r.choices[0].message.content).labels == ["not spam"]  # preferred: in the text
+
+
+async def test_429_script_carries_retry_after_then_succeeds() -> None:
+    with FakeOpenAIServer(Scenario(script=["429", "ok", "429:0.25"])) as server:
+        c = client(server)
+        with pytest.raises(openai.RateLimitError) as err:
+            await ask(c)
+        assert err.value.response.headers["retry-after"] == "1"
+        assert err.value.response.headers["retry-after-ms"] == "1000"
+        assert json.loads((await ask(c)).choices[0].message.content) == {"labels": []}
+        with pytest.raises(openai.RateLimitError) as err:
+            await ask(c)
+        assert err.value.response.headers["retry-after"] == "0.25"
+        assert server.stats.rate_limited == 2 and server.stats.by_status == {429: 2, 200: 1}
+
+
+async def test_sdk_retries_honour_retry_after() -> None:
+    with FakeOpenAIServer(Scenario(script=["429:0.2", "500"])) as server:
+        start = time.monotonic()
+        r = await ask(openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=2))
+        assert r.choices[0].message.content and time.monotonic() - start >= 0.2
+        assert [status for _, _, status in server.stats.log] == [429, 500, 200]
+
+
+async def test_500_and_other_statuses() -> None:
+    with FakeOpenAIServer(Scenario(error_rate=1.0, script=["503"])) as server:
+        c = client(server)
+        with pytest.raises(openai.InternalServerError) as err:
+            await ask(c)
+        assert err.value.status_code == 503
+        with pytest.raises(openai.InternalServerError):
+            await ask(c)
+        assert server.stats.errors == 2
+
+
+async def test_garbage_is_not_json() -> None:
+    with FakeOpenAIServer(Scenario(garbage_rate=1.0)) as server:
+        c = client(server)
+        for _ in range(10):
+            r = await ask(c, response_format=schema_format(Answer))
+            with pytest.raises(ValueError):
+                json.loads(r.choices[0].message.content)
+        assert server.stats.garbage == 10
+
+
+async def test_off_taxonomy_answers_are_valid_json_with_a_foreign_label() -> None:
+    with FakeOpenAIServer(Scenario(off_taxonomy_rate=1.0)) as server:
+        r = await ask(client(server), response_format=schema_format(Answer))
+        data = json.loads(r.choices[0].message.content)
+        assert data == {"labels": [OFF_LABEL]}
+        with pytest.raises(ValidationError):
+            Answer.model_validate(data)
+
+
+async def test_hang_times_out_and_close_does_not_wait() -> None:
+    server = FakeOpenAIServer(Scenario(hang_rate=1.0, hang_s=30)).start()
+    with pytest.raises(openai.APITimeoutError):
+        await ask(client(server, timeout=0.3))
+    start = time.monotonic()
+    server.close()
+    assert time.monotonic() - start < 2 and server.stats.hangs == 1
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    with FakeOpenAIServer(Scenario()) as server:
+        c = client(server)
+        for _ in range(200):
+            await ask(c, response_format=schema_format(Answer))
+        assert server.stats.completions == 200 and server.stats.connections == 1
+
+
+async def test_concurrent_requests_overlap() -> None:
+    async with FakeOpenAIServer(Scenario(latency_s=0.05, jitter_s=0.01)) as server:
+        c = client(server)
+        await ask(c)
+        start = time.monotonic()
+        await asyncio.gather(*(ask(c) for _ in range(64)))
+        assert time.monotonic() - start < 64 * 0.05 / 4
+        assert server.stats.max_in_flight >= 32
+
+
+async def test_max_in_flight_answers_429() -> None:
+    with FakeOpenAIServer(Scenario(latency_s=0.1, max_in_flight=4, retry_after_s=0.05)) as server:
+        results = await asyncio.gather(*(ask(client(server)) for _ in range(10)), return_exceptions=True)
+        limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+        assert len(limited) == 6 and limited[0].response.headers["retry-after"] == "0.05"
+        assert server.stats.max_in_flight == 4
+
+
+async def test_rpm_limit_answers_429_beyond_the_limit() -> None:
+    with FakeOpenAIServer(Scenario(rpm=60)) as server:  # 1 request/s, bucket of 1
+        c = client(server)
+        await ask(c)
+        for _ in range(4):
+            with pytest.raises(openai.RateLimitError) as err:
+                await ask(c)
+            assert 0.5 < float(err.value.response.headers["retry-after"]) <= 1.0
+        await asyncio.sleep(float(err.value.response.headers["retry-after-ms"]) / 1000)
+        await ask(c)
+    with FakeOpenAIServer(Scenario(rpm=6000, rpm_burst=10)) as server:  # 100/s after a burst of 10
+        c = client(server)
+        results = await asyncio.gather(*(ask(c) for _ in range(40)), return_exceptions=True)
+        ok = sum(not isinstance(r, Exception) for r in results)
+        assert 10 <= ok < 30 and server.stats.rate_limited == 40 - ok
+
+
+async def test_batch_schema_answers_every_id_from_the_prompt() -> None:
+    prompt = "Label each line.\n[a1] buy cheap eggs\n[b2] hello friend, ham sandwich\n[c3] nothing here\nAnswer in JSON."
+    with FakeOpenAIServer(Scenario()) as server:
+        r = await ask(client(server), prompt, response_format=schema_format(Batch))
+        batch = Batch.model_validate_json(r.choices[0].message.content)
+        assert [i.id for i in batch.items] == ["a1", "b2", "c3"]
+        assert batch.items[0].labels == ["eggs"] and batch.items[1].labels == ["ham"]
+
+
+async def test_json_object_with_schema_and_integer_ids() -> None:
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {
+        "type": "object", "properties": {"id": {"type": "integer"}, "label": {"enum": ["x", "y"]},
+                                         "confidence": {"type": "number", "minimum": 0, "maximum": 1}}}}}}
+    with FakeOpenAIServer(Scenario()) as server:
+        r = await ask(client(server), "[7] y is here\n[9] and x", response_format={"type": "json_object", "schema": schema})
+        assert json.loads(r.choices[0].message.content) == {"items": [
+            {"id": 7, "label": "y", "confidence": 0.5}, {"id": 9, "label": "x", "confidence": 0.5}]}
+
+
+async def test_labels_from_the_prompt_without_schema() -> None:
+    listing = "任务：为句子标注类别。可选类别：税收激励、金融支持、企业。\n句子：银行贷款等金融支持\n类别："
+    defs = "类别及其定义如下：\n- 税收激励：减税\n- 金融支持：贷款\n\n句子：减免税收\n类别："
+    with FakeOpenAIServer(Scenario()) as server:
+        c = client(server)
+        assert json.loads((await ask(c, listing)).choices[0].message.content) == {"labels": ["金融支持"]}
+        assert json.loads((await ask(c, defs)).choices[0].message.content)["labels"][0] in ("税收激励", "金融支持")
+        r = await ask(c, "Labels: spam, ham\n[1] spam spam\n[2] ham", response_format={"type": "json_object"})
+        assert json.loads(r.choices[0].message.content) == {"items": [{"id": "1", "labels": ["spam"]}, {"id": "2", "labels": ["ham"]}]}
+        assert json.loads((await ask(c, "no taxonomy here")).choices[0].message.content) == {"labels": []}
+
+
+async def test_logprobs_cover_the_content() -> None:
+    with FakeOpenAIServer(Scenario()) as server:
+        r = await ask(client(server), response_format=schema_format(Answer), logprobs=True, top_logprobs=2)
+        tokens = r.choices[0].logprobs.content
+        assert "".join(t.token for t in tokens) == r.choices[0].message.content
+        assert all(t.logprob < 0 and len(t.top_logprobs) == 2 and bytes(t.bytes).decode() == t.token for t in tokens)
+
+
+async def test_api_key_models_and_unsupported_response_formats() -> None:
+    with FakeOpenAIServer(Scenario(require_api_key="sekrit", reject_json_schema=True, model="m1")) as server:
+        with pytest.raises(openai.AuthenticationError):
+            await ask(client(server))
+        c = client(server, api_key="sekrit")
+        assert [m.id for m in (await c.models.list()).data] == ["m1"]
+        with pytest.raises(openai.BadRequestError):
+            await ask(c, response_format=schema_format(Answer))
+        assert (await ask(c, response_format={"type": "json_object"})).choices[0].message.content
+    with FakeOpenAIServer(Scenario(reject_response_format=True)) as server:
+        with pytest.raises(openai.BadRequestError):
+            await ask(client(server), response_format={"type": "json_object"})
+        assert (await ask(client(server))).choices[0].message.content
+
+
+def test_scenario_validation_and_seeded_determinism() -> None:
+    with pytest.raises(ValidationError):
+        Scenario(latency=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        Scenario(script=["teapot"])
+    with pytest.raises(ValidationError):
+        Scenario(error_rate=0.6, garbage_rate=0.6)
+
+    def run(server: FakeOpenAIServer) -> list[str]:
+        sync = openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=0)
+        return [sync.chat.completions.create(model="f", messages=[{"role": "user", "content": "x"}],
+                                             response_format=schema_format(Answer)).choices[0].message.content
+                for _ in range(10)]
+
+    outs = []
+    for seed in (3, 3, 4):
+        with FakeOpenAIServer(Scenario(seed=seed)) as server:
+            outs.append(run(server))
+    assert outs[0] == outs[1] != outs[2]
+
+
+# ---- throughput ----------------------------------------------------------------------------------------------
+async def load(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """Send n schema requests with `concurrency` workers: (requests/s, this process's CPU share of one core)."""
+    c = openai.AsyncOpenAI(base_url=base_url, api_key="t", max_retries=0)
+    rf = schema_format(Answer)
+    await asyncio.gather(*(ask(c, response_format=rf) for _ in range(concurrency)))  # open the connections
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            json.loads((await ask(c, "Sentence: something to label", response_format=rf)).choices[0].message.content)
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    await c.close()
+    return n / elapsed, (time.process_time() - cpu0) / elapsed
+
+
+def server_cpu_s(base_url: str) -> float:
+    """CPU seconds of the server's thread, from its `/_stats`."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_stats") as r:
+        return float(json.load(r)["cpu_s"])
+
+
+async def measure(n: int = 1500, concurrency: int = 64) -> dict[str, float]:
+    """req/s of an SDK loop against the server in a subprocess and in a thread, and the server's CPU share."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.fake_openai", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[-1]  # type: ignore[union-attr]
+        cpu0 = server_cpu_s(url)
+        rps, client_share = await load(url, n, concurrency)
+        sub_share = (server_cpu_s(url) - cpu0) * rps / n
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    with FakeOpenAIServer(Scenario()) as server:
+        cpu0 = server.cpu_s()
+        thread_rps, process_share = await load(server.base_url, n, concurrency)
+        thread_share = (server.cpu_s() - cpu0) * thread_rps / n
+    return {"subprocess_rps": rps, "client_cpu": client_share, "server_cpu": sub_share,
+            "server_us_per_req": sub_share / rps * 1e6, "thread_rps": thread_rps, "thread_process_cpu": process_share,
+            "thread_server_cpu": thread_share}
+
+
+async def test_throughput_server_is_not_the_bottleneck() -> None:
+    m = await measure()
+    print("\n" + ", ".join(f"{k}={v:.3g}" for k, v in m.items()))
+    assert m["subprocess_rps"] > 50 and m["server_cpu"] < 0.5 * m["client_cpu"]
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    for key, value in asyncio.run(measure(n)).items():
+        print(f"{key:>20}: {value:.3g}")
