@@ -300,7 +300,7 @@ async def measure(n: int = 1500, concurrency: int = 64) -> dict[str, float]:
 
 
 async def test_throughput_server_is_not_the_bottleneck() -> None:
-    m = await measure()
+    m = await measure(n=800)
     print("\n" + ", ".join(f"{k}={v:.3g}" for k, v in m.items()))
     assert m["subprocess_rps"] > 50 and m["server_cpu"] < 0.5 * m["client_cpu"]
 

@@ -7,7 +7,9 @@ import html
 import itertools
 import json
 import random
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,7 +157,9 @@ def _baseline(pool: Corpus, test: list, labels: list[str]) -> list[list[str]]:
     vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True)
     X = vec.fit_transform([it.text for it in pool.items])
     clf = OneVsRestClassifier(LinearSVC(C=0.5))
-    clf.fit(X, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+        clf.fit(X, y)  # a taxonomy label absent from the pool is simply never predicted
     scores = clf.decision_function(vec.transform([it.text for it in test]))
     out = []
     for row in scores:
@@ -165,11 +169,11 @@ def _baseline(pool: Corpus, test: list, labels: list[str]) -> list[list[str]]:
 
 
 async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, only: list[str] | None = None,
-                    limit: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+                    limit: int | None = None, cache_dir: str | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run every variant (or `only` some) on the held-out split and write the leaderboard; returns the results."""
     from ._labeler import Labeler
     from ._metrics import compare, score
-    from ._runner import cost_of, load_prices
+    from ._runner import Progress, cost_of, load_prices
 
     spec, root = load_spec(spec_path)
     corpus = load_corpus(_resolve(root, spec.dataset))
@@ -196,14 +200,18 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
 
     for v in variants:
         name = v.label()
-        labeler = Labeler(v.model, examples=pool, taxonomy=taxonomy, prompt=_resolve(root, f"prompts/{v.prompt}.yaml")
-                          if not Path(v.prompt).suffix else _resolve(root, v.prompt),
+        labeler = Labeler(v.model, examples=pool, taxonomy=taxonomy, prompt=_prompt_path(root, v.prompt),
                           shots=v.shots, strategy=v.strategy, base_url=v.base_url, items_per_request=v.items_per_request,
                           concurrency=spec.concurrency, cache_dir=cache_dir)
+        bar = Progress(len(test), 0, sys.stderr.isatty() if progress is None else progress, title=name)
         t0 = time.monotonic()
-        preds = await labeler.alabel_items([(it.id, it.text) for it in test])
+        try:
+            preds = await labeler.alabel_items([(it.id, it.text) for it in test],
+                                               on_result=lambda p: bar.update(p, cost_of(p.usage, labeler.model.name, prices)))
+        finally:
+            bar.close()
+            await labeler.aclose()
         seconds = time.monotonic() - t0
-        await labeler.aclose()
         write_jsonl(out_dir / _slug(name) / "predictions.jsonl",
                     [{**p.model_dump(), "gold": g} for p, g in zip(preds, gold)])
         ok = [i for i, p in enumerate(preds) if p.status == "ok"]
@@ -236,6 +244,14 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
                  out_dir / "agreement_vs_cost.png", "tokens per 1,000 items (prompt + completion)", spec.primary)
     result["out"] = str(out_dir)
     return result
+
+
+def _prompt_path(root: Path, prompt: str) -> str:
+    """A prompt name resolves to the spec project's prompts/ first, then the bundled ones; a path as given."""
+    if Path(prompt).suffix:
+        return _resolve(root, prompt)
+    local = root / "prompts" / f"{prompt}.yaml"
+    return str(local) if local.exists() else prompt
 
 
 def _slug(name: str) -> str:

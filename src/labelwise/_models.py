@@ -292,6 +292,21 @@ def default_gguf() -> str:
     return str(assemble())
 
 
+_LOG_CALLBACK: Any = None
+
+
+def _silence_llama_log() -> None:
+    """Route llama.cpp's own logging (context set-up chatter on stderr) to nowhere."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+        import ctypes
+
+        import llama_cpp
+
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p())
+
+
 class LocalModel(Model):
     """The embedded model: llama.cpp in-process, completion-style, answers constrained to the labels by a grammar."""
 
@@ -323,6 +338,8 @@ class LocalModel(Model):
     def _load(self):
         if self._llm is None:
             from llama_cpp import Llama
+
+            _silence_llama_log()
 
             self._llm = Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed,
                               verbose=False)

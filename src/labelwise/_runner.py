@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import sys
@@ -97,10 +96,10 @@ def cost_of(usage: dict[str, int], model: str, prices: dict[str, tuple[float, fl
     return usage.get("prompt_tokens", 0) / 1e6 * price[0] + usage.get("completion_tokens", 0) / 1e6 * price[1]
 
 
-class _Progress:
+class Progress:
     """A rich progress bar with rate, ETA, failures, tokens and cost; silent when not on a terminal."""
 
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
+    def __init__(self, total: int, done: int, enabled: bool, title: str = "relabel") -> None:
         self.enabled = enabled
         self.failed = 0
         self.tokens = 0
@@ -110,14 +109,14 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
-            TextColumn("[bold]relabel"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(),
             TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
             transient=False, stderr=True,
         )
         self.start = time.monotonic()
         self.done0 = done
-        self.task = self.bar.add_task("relabel", total=total, completed=done, rate=0.0, failed=0, tokens=0, cost=0.0)
+        self.task = self.bar.add_task(title, total=total, completed=done, rate=0.0, failed=0, tokens=0, cost=0.0)
         self.bar.start()
 
     def update(self, pred: Prediction, cost: float | None) -> None:
@@ -207,7 +206,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
     done, redone, torn = _resume(pred_path, set(gold))
     todo = [(it.id, it.text) for it in items if it.id not in done]
-    bar = _Progress(len(items), len(done), sys.stderr.isatty() if progress is None else progress)
+    bar = Progress(len(items), len(done), sys.stderr.isatty() if progress is None else progress)
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     try:
         with open(pred_path, "a", encoding="utf-8") as f:
