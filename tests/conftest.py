@@ -153,12 +153,13 @@ def _recording_server_class():
             super().__init__(*args, **kwargs)
             self.received: list[Any] = []
 
-        async def _chat(self, body: bytes):  # type: ignore[override]
+        def _chat(self, body: bytes):  # type: ignore[override]
+            # sync wrapper: works whether the base class answers synchronously or returns a coroutine
             try:
                 self.received.append(json.loads(body))
             except ValueError:
                 self.received.append(None)
-            return await super()._chat(body)
+            return super()._chat(body)
 
     return RecordingFakeServer
 

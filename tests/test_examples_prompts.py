@@ -30,6 +30,19 @@ def query(corpus):
     return next(it for it in corpus.items if "," in it.text and len(it.text) > 30)
 
 
+@pytest.fixture(scope="module")
+def selector(corpus):
+    """`selector(strategy, k=K, seed=0)`: selectors built once per module (fitting TF-IDF takes a second or two)."""
+    built = {}
+
+    def get(strategy: str, k: int = K, seed: int = 0):
+        if (strategy, k, seed) not in built:
+            built[strategy, k, seed] = make_selector(strategy, corpus, k, seed)
+        return built[strategy, k, seed]
+
+    return get
+
+
 def variant_of(text: str) -> str:
     """The same item written differently: full-width commas, stray surrounding whitespace."""
     v = "\n  " + text.replace(",", "，") + " \t"
@@ -122,8 +135,8 @@ def test_prompt_errors(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_strategy_returns_k_examples_never_the_query(strategy, corpus, query):
-    sel = make_selector(strategy, corpus, K, seed=0)
+def test_strategy_returns_k_examples_never_the_query(strategy, corpus, query, selector):
+    sel = selector(strategy)
     pool_ids = {it.id for it in corpus}
     for text in (query.text, variant_of(query.text)):
         examples = sel.select_examples({"text": text})
@@ -139,9 +152,9 @@ def test_strategy_returns_k_examples_never_the_query(strategy, corpus, query):
     assert len(many) == K and query.id not in [e["id"] for e in many]
 
 
-def test_similar_would_pick_the_query_itself_without_the_guard(corpus, query):
+def test_similar_would_pick_the_query_itself_without_the_guard(query, selector):
     """The guard matters: by similarity the query's own text is the best match in the pool."""
-    sel = make_selector("similar", corpus, K)
+    sel = selector("similar")
     sims = sel.similarities(query.text)
     ids = [it.id for it in sel.items]
     assert ids[int(sims.argmax())] == query.id
@@ -151,15 +164,15 @@ def test_similar_would_pick_the_query_itself_without_the_guard(corpus, query):
                    "Labeler._examples_for): the leakage guard compares ids only, so a query passed with a caller's "
                    "own id (alabel(text, id=...), alabel_items([(id, text)])) gets its identical pool text as example")
 @pytest.mark.parametrize("strategy", ["similar", "diverse"])
-def test_identical_text_is_never_an_example_whatever_the_id(strategy, corpus, query):
-    sel = make_selector(strategy, corpus, K)
+def test_identical_text_is_never_an_example_whatever_the_id(strategy, query, selector):
+    sel = selector(strategy)
     examples = sel.select_examples({"text": query.text, "id": "row-17"})
     assert all(normalize_text(e["text"]) != query.text for e in examples)
 
 
-def test_diverse_covers_more_labels_than_similar(corpus, query):
-    similar = make_selector("similar", corpus, K)
-    diverse = make_selector("diverse", corpus, K)
+def test_diverse_covers_more_labels_than_similar(corpus, query, selector):
+    similar = selector("similar")
+    diverse = selector("diverse")
 
     def coverage(sel, text):
         return len({lab for e in sel.select_examples({"text": text}) for lab in e["labels"]})
@@ -201,11 +214,11 @@ def _batch_labeler(corpus, k: int, size: int) -> Labeler:
     return Labeler("openai:x", base_url=UNREACHABLE, examples=corpus, shots=k, items_per_request=size)
 
 
-def test_batch_mates_are_never_examples(corpus, query):
+def test_batch_mates_are_never_examples(corpus, query, selector):
     k = 4
     labeler = _batch_labeler(corpus, k, size=4)
     # the batch: the query and its 3 nearest neighbours, i.e. exactly what it would otherwise be shown
-    neighbours = make_selector("similar", corpus, k).select_examples({"text": query.text})[:3]
+    neighbours = selector("similar", k).select_examples({"text": query.text})[:3]
     batch = [(query.id, query.text)] + [(e["id"], e["text"]) for e in neighbours]
     banned = {iid for iid, _ in batch}
     examples = labeler._examples_for(batch)
@@ -271,11 +284,11 @@ def test_parse_answer_limits(labels):
 
 def test_parse_batch_answer_judges_each_item(labels):
     raw = json.dumps({"items": [{"id": "1", "labels": ["企业"]}, {"id": "2", "labels": ["航天产业"]}]}, ensure_ascii=False)
-    out = parse_batch_answer(raw, ("1", "2", "3"), labels, True, 3)
+    out = parse_batch_answer(raw, fmt="json", keys=("1", "2", "3"), labels=labels, multi_label=True, max_labels=3)
     assert out["1"] == ["企业"]
     assert isinstance(out["2"], str) and "航天产业" in out["2"]
     assert out["3"] == "no answer for this item"
-    garbage = parse_batch_answer("nope", ("1",), labels, True, 3)
+    garbage = parse_batch_answer("nope", fmt="json", keys=("1",), labels=labels, multi_label=True, max_labels=3)
     assert isinstance(garbage["1"], str)
 
 

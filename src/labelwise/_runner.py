@@ -44,6 +44,7 @@ class RelabelConfig(BaseModel):
     out: str
     text_col: str | None = None
     label_col: str | None = None
+    skip_bad: bool = False
     limit: int | None = Field(None, ge=1)
     sample: int | None = Field(None, ge=1)
     seed: int = 0
@@ -138,7 +139,7 @@ def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[
     """What a run's answers depend on; resuming with anything else mixes answers, so it is refused."""
     settings = cfg.labeler.model_dump(exclude=_OPERATIONAL)
     return {
-        "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col,
+        "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col, "skip_bad": cfg.skip_bad,
         "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
         "prompt": labeler.prompt.ref, "model": labeler.model.name, "settings": settings,
     }
@@ -181,7 +182,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     """Relabel a dataset into cfg.out; resumable; returns the run summary (or the dry-run estimate)."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col)
+    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad)
     items = select_items(corpus, cfg.limit, cfg.sample, cfg.seed)
     lcfg = cfg.labeler
     pool = lcfg.examples
@@ -234,7 +235,8 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         "tool": f"labelwise {__version__}",
         "command": " ".join(sys.argv),
         "input": {"path": str(cfg.input), "sha256": input_hash, "rows": corpus.rows, "unique_texts": len(corpus),
-                  "labeled": corpus.labeled},
+                  "labeled": corpus.labeled, "encoding": corpus.encoding,
+                  "skipped_lines": [{"line": s.line, "reason": s.reason} for s in corpus.skipped]},
         "examples": {"path": str(pool) if pool else "input (leave-one-out)",
                      "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
         "model": labeler.model.name, "base_url": getattr(labeler.model, "base_url", None),

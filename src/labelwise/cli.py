@@ -84,6 +84,7 @@ def relabel(
     multi_label: bool = MultiOpt,
     text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip malformed input lines (reported) instead of stopping"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="label only the first N unique texts"),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="label a seeded random sample of N unique texts"),
     seed: int = typer.Option(0, "--seed"),
@@ -108,7 +109,7 @@ def relabel(
                              taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
                              multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
                              items_per_request=items_per_request, cache=not no_cache, structured=structured)
-        cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, limit=limit,
+        cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, skip_bad=skip_bad, limit=limit,
                             sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg)
         result = run(cfg, dry_run=dry_run)
     except (LabelwiseError, ValueError) as err:
@@ -124,6 +125,10 @@ def relabel(
         return
     m = result["manifest"]
     c = m["counts"]
+    skipped = m["input"]["skipped_lines"]
+    if skipped:
+        shown = ", ".join(str(s["line"]) for s in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        typer.echo(f"skipped {len(skipped)} malformed input lines (--skip-bad): lines {shown}; see manifest.json", err=True)
     typer.echo(f"run: {result['run_dir']}  ({c['selected']} texts: {c['resumed']} resumed, {c['labeled_now']} labeled now, "
                f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
     if result["metrics"]:

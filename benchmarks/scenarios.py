@@ -1,0 +1,380 @@
+"""The benchmark scenarios of issue 6: each returns table rows of achieved vs a limit measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from benchmarks.fake_openai import FakeOpenAIServer, Scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "policy_labels.tsv"
+TAXONOMY = ROOT / "prompts" / "policy_taxonomy.yaml"
+CLI = Path(sys.executable).with_name("labelwise")
+
+
+@dataclass
+class Row:
+    """One line of the results table; `verdict` is PASS/MISS for rows with a target, else empty."""
+
+    scenario: str
+    setting: str
+    achieved: str
+    limit: str
+    ratio: str = ""
+    verdict: str = ""
+    notes: str = ""
+
+
+@dataclass
+class Ctx:
+    """Run-wide settings: quick mode and a scratch directory."""
+
+    quick: bool
+    tmp: Path
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
+def verdict(ok: bool) -> str:
+    """PASS or MISS."""
+    return "PASS" if ok else "MISS"
+
+
+def pct(x: float) -> str:
+    """A ratio as a whole percentage."""
+    return f"{x:.0%}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@cache
+def corpus():
+    """The bundled corpus (unique items)."""
+    from labelwise import load_corpus
+
+    return load_corpus(DATA)
+
+
+def items(n: int) -> list[tuple[str, str]]:
+    """`n` distinct (id, text) pairs from the corpus, suffixed copies once it runs out."""
+    from labelwise import item_id
+
+    base = corpus().items
+    out = [(it.id, it.text) for it in base[:n]]
+    for i in range(len(out), n):
+        text = f"{base[i % len(base)].text} #{i}"
+        out.append((item_id(text), text))
+    return out
+
+
+def held_out(n: int, seed: int = 0):
+    """A seeded sample of `n` corpus items and the example pool without them."""
+    c = corpus()
+    test = random.Random(seed).sample(c.items, n)
+    return test, c.without(it.id for it in test)
+
+
+def server_stats(base_url: str) -> dict[str, Any]:
+    """The fake server's counters, from its `/_stats` endpoint (works in-process and across processes)."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+@contextmanager
+def server_process(scenario: Scenario) -> Iterator[str]:
+    """The fake server in its own process (own GIL, own core): yields its base URL."""
+    cmd = [sys.executable, "-m", "benchmarks.fake_openai", "--port", "0", "--scenario", scenario.model_dump_json()]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if "http" not in line:
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@dataclass
+class Proc:
+    """A finished subprocess: wall seconds, peak RSS in MB, exit code and output."""
+
+    wall: float
+    rss_mb: float
+    rc: int
+    out: str
+    err: str
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> Proc:
+    """Run a command; wall time and max RSS of that child alone (os.wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return Proc(wall, usage.ru_maxrss / 1024, p.returncode, out.read().decode(), err.read().decode())
+
+
+def relabel_cmd(input: Path | str, out: Path, base_url: str, *extra: str) -> list[str]:
+    """`labelwise relabel` against the fake server."""
+    return [str(CLI), "relabel", str(input), "--model", "openai:fake", "--base-url", base_url, "--out", str(out), *extra]
+
+
+def manifest(run_dir: Path) -> dict[str, Any]:
+    """A relabel run's manifest."""
+    return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+def check(p: Proc, what: str) -> None:
+    """Raise with the tail of stderr when a subprocess failed."""
+    if p.rc != 0:
+        raise RuntimeError(f"{what} exited {p.rc}: {p.err[-2000:]}")
+
+
+async def bare_rate(base_url: str, prompts: list[str], schema: dict[str, Any], concurrency: int) -> float:
+    """Requests/s of a bare AsyncOpenAI loop sending labelwise's exact requests, no labeling around it."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0)
+    fmt = {"type": "json_schema", "json_schema": {"name": "labels", "schema": schema, "strict": True}}
+    todo = iter(prompts)
+
+    async def worker() -> None:
+        for p in todo:
+            await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": p}], temperature=0.0,
+                                                 max_tokens=80, response_format=fmt, logprobs=True)
+
+    await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "warm-up"}])
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    rate = len(prompts) / (time.perf_counter() - t0)
+    await client.close()
+    return rate
+
+
+async def label_run(labeler, todo: list[tuple[str, str]]) -> tuple[list, float]:
+    """Predictions and wall seconds of `alabel_items` (the labeler is closed afterwards)."""
+    t0 = time.perf_counter()
+    try:
+        preds = await labeler.alabel_items(todo)
+    finally:
+        seconds = time.perf_counter() - t0
+        await labeler.aclose()
+    return preds, seconds
+
+
+def fake_labeler(base_url: str, **options: Any):
+    """A labeler on the fake server, no cache, the corpus' label set."""
+    from labelwise import Labeler
+
+    return Labeler("openai:fake", base_url=base_url, examples=corpus(), cache=False, **{"shots": 0, **options})
+
+
+def top1(preds: list, gold: list) -> float:
+    """Top-1 agreement (first predicted label in gold; a failed prediction counts as wrong)."""
+    from labelwise._metrics import score
+
+    labels = sorted(set(corpus().labels))
+    return score([list(g.labels) for g in gold], [p.labels if p.status == "ok" else [] for p in preds], labels,
+                 n_boot=0).top1_accuracy
+
+
+def local_run(ctx: Ctx, n: int, *, shots: int, ipr: int = 1, prompt: str = "fewshot") -> tuple[list, float, list]:
+    """Embedded-model predictions on `n` held-out texts (memoised per setting within a run): preds, seconds, gold."""
+    from labelwise import Labeler
+
+    key = ("local", n, shots, ipr, prompt)
+    if key not in ctx.memo:
+        test, pool = held_out(n)
+        extra = {"taxonomy": str(TAXONOMY)} if prompt != "fewshot" else {}
+        labeler = Labeler("local", examples=pool, shots=shots, items_per_request=ipr, prompt=prompt, cache=False,
+                          concurrency=1, **extra)
+        if "local-warm" not in ctx.memo:  # weights and the label vocabulary load on the first call; keep that out
+            t0 = time.perf_counter()
+            labeler.label(pool.items[0].text)
+            ctx.memo["local-warm"] = time.perf_counter() - t0
+        preds, seconds = asyncio.run(label_run(labeler, [(it.id, it.text) for it in test]))
+        ctx.memo[key] = (preds, seconds, test)
+    return ctx.memo[key]
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def s1_throughput(ctx: Ctx) -> list[Row]:
+    """Labeling throughput at 100 ms latency vs min(C/latency, a bare AsyncOpenAI loop) at the same concurrency."""
+    latency, rows = 0.1, []
+    with server_process(Scenario(latency_s=latency)) as url:
+        for c in (1, 8, 64, 256):
+            n = max(20, 2 * c) if ctx.quick else min(max(60, 10 * c), 3000)
+            todo = items(n)
+            labeler = fake_labeler(url, concurrency=c)
+            prompts = [labeler.render(t, id=i).text for i, t in todo]
+            bare = asyncio.run(bare_rate(url, prompts, labeler._schema, c))
+            preds, seconds = asyncio.run(label_run(labeler, todo))
+            got, limit = n / seconds, min(c / latency, bare)
+            failed = sum(p.status != "ok" for p in preds)
+            rows.append(Row("1 throughput, 100 ms latency", f"concurrency {c}, {n} items", f"{got:.1f} items/s",
+                            f"{limit:.1f}/s", pct(got / limit), verdict(got >= 0.9 * limit and not failed),
+                            f"C/latency {c / latency:.0f}/s, bare AsyncOpenAI {bare:.1f}/s; failed {failed}"))
+    return rows
+
+
+def s2_rate_limit(ctx: Ctx) -> list[Row]:
+    """A 600 rpm server (429 + Retry-After): labelwise with rpm=600 client-side vs without."""
+    n, c, rows = (40 if ctx.quick else 200), 32, []
+    for rpm in (600.0, None):
+        with FakeOpenAIServer(Scenario(latency_s=0.1, rpm=600, seed=1)) as srv:
+            preds, seconds = asyncio.run(label_run(fake_labeler(srv.base_url, concurrency=c, rpm=rpm), items(n)))
+            st = server_stats(srv.base_url)
+        ok = sum(p.status == "ok" for p in preds)
+        got = ok / seconds
+        rows.append(Row("2 rate limit 600 rpm", f"{'client rpm=600' if rpm else 'no client limit'}, C={c}, {n} items",
+                        f"{got:.2f} items/s", "10/s", pct(got / 10), verdict(got >= 9 and ok == n),
+                        f"429s taken: {st['rate_limited']}; requests {st['completions']}; failed {n - ok}"))
+    return rows
+
+
+def s3_faults(ctx: Ctx) -> list[Row]:
+    """5% HTTP 500s and 5% garbage answers: every item must end labeled; extra requests counted."""
+    n = 100 if ctx.quick else 500
+    with FakeOpenAIServer(Scenario(latency_s=0.02, error_rate=0.05, garbage_rate=0.05, seed=3)) as srv:
+        labeler = fake_labeler(srv.base_url, concurrency=32)
+        preds, seconds = asyncio.run(label_run(labeler, items(n)))
+        st = server_stats(srv.base_url)
+    ok = sum(p.status == "ok" for p in preds)
+    extra = st["completions"] - n
+    return [Row("3 faults: 5% 500s + 5% garbage", f"C=32, {n} items", f"{ok}/{n} labeled", "100%", pct(ok / n),
+                verdict(ok == n), f"extra requests {extra} (+{extra / n:.1%}): {st['errors']} 500s, {st['garbage']} garbage, "
+                f"{labeler.stats['reasks']} re-asks; {n / seconds:.0f} items/s")]
+
+
+def s4_items_per_request(ctx: Ctx) -> list[Row]:
+    """Items per request 1/5/10/20: prompt tokens per label (fake server, 4 shots) and agreement (embedded model)."""
+    n_tok, n_agree, rows = (40, 10) if ctx.quick else (200, 40), {}, []
+    test, pool = held_out(n_tok, seed=4)
+    base_tokens = base_agree = None
+    with FakeOpenAIServer(Scenario(seed=4)) as srv:
+        for ipr in (1, 5, 10, 20):
+            labeler = fake_labeler(srv.base_url, examples=pool, shots=4, items_per_request=ipr, concurrency=16)
+            preds, _ = asyncio.run(label_run(labeler, [(it.id, it.text) for it in test]))
+            rows[ipr] = sum(p.usage.get("prompt_tokens", 0) for p in preds) / len(preds)
+    out = []
+    for ipr, tokens in rows.items():
+        base_tokens = base_tokens or tokens
+        preds, seconds, gold = local_run(ctx, n_agree, shots=4, ipr=ipr)
+        agree = top1(preds, gold)
+        base_agree = agree if base_agree is None else base_agree
+        failed = sum(p.status != "ok" for p in preds)
+        out.append(Row("4 items/request, 4 shots", f"{ipr} per request", f"{tokens:.0f} prompt tok/label",
+                       f"{base_tokens:.0f} at 1/request", pct(tokens / base_tokens), "",
+                       f"fake server, {n_tok} texts; embedded model top-1 {agree:.2f} on {n_agree} held-out "
+                       f"(vs {base_agree:.2f} at 1/request), {n_agree / seconds:.2f} texts/s, failed {failed}"))
+    return out
+
+
+def s5_cache_rerun(ctx: Ctx) -> list[Row]:
+    """Whole-corpus rerun from a warm cache: items/s of the whole `labelwise relabel` process."""
+    cache_dir, limit = ctx.tmp / "s5-cache", (["--limit", "1500"] if ctx.quick else [])
+    env = {"LABELWISE_CACHE_DIR": str(cache_dir)}
+    with FakeOpenAIServer(Scenario()) as srv:
+        cold = run(relabel_cmd(DATA, ctx.tmp / "s5-cold", srv.base_url, "--shots", "0", "--concurrency", "64", *limit), env)
+        check(cold, "cold relabel")
+        warm = run(relabel_cmd(DATA, ctx.tmp / "s5-warm", srv.base_url, "--shots", "0", *limit), env)
+        check(warm, "warm relabel")
+        calls = server_stats(srv.base_url)["completions"]
+    m = manifest(ctx.tmp / "s5-warm")
+    n = m["counts"]["selected"]
+    rate = n / warm.wall
+    return [Row("5 cache-hit rerun (whole process)", f"{n} texts, shots 0", f"{rate:,.0f} items/s", "5,000 items/s",
+                pct(rate / 5000), verdict(rate >= 5000),
+                f"process {warm.wall:.2f} s (in arelabel {m['seconds']:.2f} s), {warm.rss_mb:.0f} MB; model calls "
+                f"{m['model_calls']} (server total {calls}); cold run {n / cold.wall:.0f} items/s")]
+
+
+def s6_startup(ctx: Ctx) -> list[Row]:
+    """`labelwise --help` wall time, median of 5."""
+    times = []
+    for _ in range(5):
+        p = run([str(CLI), "--help"])
+        check(p, "labelwise --help")
+        times.append(p.wall)
+    med = statistics.median(times)
+    return [Row("6 start-up", "labelwise --help, median of 5", f"{med:.3f} s", "< 0.5 s", pct(med / 0.5), verdict(med < 0.5),
+                f"min {min(times):.3f} s, max {max(times):.3f} s")]
+
+
+def s7_local_model(ctx: Ctx) -> list[Row]:
+    """The embedded model at K = 0, 4, 8: texts/s and top-1 agreement on held-out texts, vs a linear baseline."""
+    from labelwise._evals import _baseline
+
+    n, rows = (8 if ctx.quick else 40), []
+    test, pool = held_out(n)
+    base = _baseline(pool, test, sorted(corpus().labels))
+    base_agree = top1([_Ok(b) for b in base], test)
+    for k in (0, 4, 8):
+        prompt = "zeroshot_defs" if k == 0 else "fewshot"
+        preds, seconds, gold = local_run(ctx, n, shots=k, prompt=prompt)
+        agree, failed = top1(preds, gold), sum(p.status != "ok" for p in preds)
+        tokens = sum(p.usage.get("prompt_tokens", 0) for p in preds) / n
+        rows.append(Row("7 embedded model", f"K={k} ({prompt}{', similar' if k else ', definitions'})",
+                        f"top-1 {agree:.2f}, {n / seconds:.2f} texts/s", f"TF-IDF SVM top-1 {base_agree:.2f}",
+                        pct(agree / base_agree) if base_agree else "", "",
+                        f"{n} held-out texts, {tokens:.0f} prompt tok/text, failed {failed}; "
+                        f"first call (load + label vocab) {ctx.memo.get('local-warm', 0):.1f} s"))
+    return rows
+
+
+@dataclass
+class _Ok:
+    """A minimal stand-in for an ok prediction (for scoring the baseline)."""
+
+    labels: list[str]
+    status: str = "ok"
+
+
+def s8_memory(ctx: Ctx) -> list[Row]:
+    """Peak RSS of `labelwise relabel` over 100,000 synthesized rows at latency 0, high concurrency."""
+    n = 10_000 if ctx.quick else 100_000
+    lines = [ln for ln in DATA.read_text(encoding="utf-8").splitlines() if "\t" in ln]
+    big = ctx.tmp / "big.tsv"
+    big.write_text("".join(f"{lines[i % len(lines)]} #{i}\n" for i in range(n)), encoding="utf-8")
+    rows = []
+    settings: list[tuple[str, list[str]]] = [("shots 0", ["--shots", "0"])]
+    if not ctx.quick:
+        settings.append(("8 shots, --examples corpus", ["--examples", str(DATA)]))
+    with FakeOpenAIServer(Scenario()) as srv:
+        for name, extra in settings:
+            out = ctx.tmp / f"s8-{len(rows)}"
+            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "256", *extra),
+                    {"LABELWISE_CACHE_DIR": str(ctx.tmp / f"s8-cache-{len(rows)}")})
+            check(p, "relabel 100k")
+            m = manifest(out)
+            rows.append(Row("8 peak memory", f"{n:,} rows, {name}, C=256", f"{p.rss_mb:,.0f} MB", "< 1,024 MB",
+                            pct(p.rss_mb / 1024), verdict(p.rss_mb < 1024),
+                            f"wall {p.wall:.0f} s ({n / p.wall:.0f} items/s), failed {m['counts']['failed']}"))
+    return rows
+
+
+SCENARIOS: dict[int, Callable[[Ctx], list[Row]]] = {
+    1: s1_throughput, 2: s2_rate_limit, 3: s3_faults, 4: s4_items_per_request,
+    5: s5_cache_rerun, 6: s6_startup, 7: s7_local_model, 8: s8_memory,
+}
