@@ -170,25 +170,26 @@ class Labeler:
         return ModelRequest(prompt, self.taxonomy.labels, schema or self._schema, cfg.multi_label, cfg.max_labels,
                             batch=batch, temperature=cfg.temperature, max_tokens=16 * cfg.max_labels + 32)
 
+    def _answer_key(self, request: ModelRequest) -> str:
+        """Cache key of a model answer: model identity, the full request (messages, schema, decoding)."""
+        return stable_hash({"model": self.model.identity(), "request": request.__dict__})
+
     async def _ask(self, request: ModelRequest) -> tuple[ModelAnswer, bool]:
         """The model's answer, from the cache when this exact request was answered validly before."""
-        key = stable_hash({"model": self.model.identity(), "request": request.__dict__})
         if self.cache is not None:
-            hit = self.cache.get("answer", key)
+            hit = self.cache.get("answer", self._answer_key(request))
             if hit is not None:
                 return ModelAnswer.from_dict(hit), True
         self.stats["model_calls"] += 1
         answer = await self.model.complete(request)
         self.stats["prompt_tokens"] += answer.usage.get("prompt_tokens", 0)
         self.stats["completion_tokens"] += answer.usage.get("completion_tokens", 0)
-        answer._key = key  # type: ignore[attr-defined]
         return answer, False
 
-    def _remember(self, answer: ModelAnswer) -> None:
+    def _remember(self, request: ModelRequest, answer: ModelAnswer) -> None:
         """Cache an answer once it validated (failures and invalid answers are never cached)."""
-        key = getattr(answer, "_key", None)
-        if self.cache is not None and key:
-            self.cache.set("answer", key, answer.to_dict())
+        if self.cache is not None:
+            self.cache.set("answer", self._answer_key(request), answer.to_dict())
 
     def _memo_key(self, iid: str) -> str:
         return f"{self._settings_key}:{iid}"
@@ -240,7 +241,7 @@ class Labeler:
                 error = short_error(err)
                 request = replace(request, reasks=request.reasks + ((answer.text, REASK.format(error=error)),))
                 continue
-            self._remember(answer)
+            self._remember(request, answer)
             pred = Prediction(**base, labels=labels, confidence=label_confidence(answer.text, answer.tokens, labels[0]),
                               attempts=attempt, usage=usage, cached=all_cached)
             if self.cache is not None:
@@ -279,7 +280,7 @@ class Labeler:
                 answer, cached, results = None, False, {k: str(err) for k in keys}
             share = {k: v // len(todo) for k, v in (answer.usage.items() if answer else [])}
             if answer and all(isinstance(v, list) for v in results.values()):
-                self._remember(answer)
+                self._remember(request, answer)
             for key, (iid, text) in zip(keys, todo):
                 labels = results[key]
                 if isinstance(labels, list):
