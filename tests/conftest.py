@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 240.0
 
 
@@ -40,7 +39,7 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def labelwise_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty response cache for each test."""
     path = tmp_path / "labelwise-cache"
     monkeypatch.setenv("LABELWISE_CACHE_DIR", str(path))
