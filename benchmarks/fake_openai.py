@@ -52,17 +52,17 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latency_s: float = Field(0.0, ge=0)
-    jitter_s: float = Field(0.0, ge=0)
-    max_in_flight: int | None = Field(None, ge=1)
-    rpm: float | None = Field(None, gt=0)
-    rpm_burst: float | None = Field(None, ge=1)  # token-bucket size; default one second's worth (at least 1)
-    retry_after_s: float = Field(1.0, ge=0)  # Retry-After of max_in_flight and plain scripted "429" answers
-    error_rate: float = Field(0.0, ge=0, le=1)
-    garbage_rate: float = Field(0.0, ge=0, le=1)
-    off_taxonomy_rate: float = Field(0.0, ge=0, le=1)
-    hang_rate: float = Field(0.0, ge=0, le=1)
-    hang_s: float = Field(30.0, ge=0)
+    latency_s: float = Field(default=0.0, ge=0)
+    jitter_s: float = Field(default=0.0, ge=0)
+    max_in_flight: int | None = Field(default=None, ge=1)
+    rpm: float | None = Field(default=None, gt=0)
+    rpm_burst: float | None = Field(default=None, ge=1)  # token-bucket size; default one second's worth (at least 1)
+    retry_after_s: float = Field(default=1.0, ge=0)  # Retry-After of max_in_flight and plain scripted "429" answers
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    garbage_rate: float = Field(default=0.0, ge=0, le=1)
+    off_taxonomy_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_rate: float = Field(default=0.0, ge=0, le=1)
+    hang_s: float = Field(default=30.0, ge=0)
     seed: int = 0
     script: list[str] = Field(default_factory=list)
     require_api_key: str | None = None
@@ -194,7 +194,7 @@ class _Connection(asyncio.Protocol):
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
                 try:
-                    length = int(headers.get("content-length") or 0)
+                    length = max(0, int(headers.get("content-length") or 0))
                 except ValueError:
                     length = 0
                 close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
@@ -205,7 +205,10 @@ class _Connection(asyncio.Protocol):
             body = bytes(self.buf[:length])
             del self.buf[:length]
             self.head = None
-            reply = self.server._respond(method, path, headers, body)
+            try:
+                reply = self.server._respond(method, path, headers, body)
+            except Exception as e:  # noqa: BLE001 - a bug here must not look like a hanging server
+                reply = _error(500, f"fake server failure: {e!r}", "server_error")
             reply.close = close
             if reply.delay > 0:
                 loop = asyncio.get_running_loop()
@@ -230,13 +233,14 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class _Reply:
-    """An answer to send after `delay` seconds; `chat` when it counts as a chat completion in flight."""
+    """An answer to send after `delay` seconds; `chat` for the log, `admitted` while it counts as in flight."""
 
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     chat: bool = False
+    admitted: bool = False
     arrival: float = 0.0
     close: bool = False
 
@@ -244,8 +248,9 @@ class _Reply:
 class FakeOpenAIServer:
     """The fake server on 127.0.0.1 (free port by default), run in a background thread with its own loop."""
 
-    def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0, record: bool = False) -> None:
         self.scenario = scenario or Scenario()
+        self.recorded: list[Any] | None = [] if record else None  # record=True: every chat request's JSON body
         self.host, self.port = host, port
         self.stats = Stats()
         self.script: collections.deque[str] = collections.deque(self.scenario.script)
@@ -306,8 +311,11 @@ class FakeOpenAIServer:
 
     def close(self) -> None:
         """Stop the server thread (idempotent)."""
-        if self._thread and self._loop and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread and self._thread.is_alive() and self._loop:
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)  # also fine before run_forever() has begun
+            except RuntimeError:  # the loop is already closed
+                pass
             self._thread.join(10)
         self._thread = None
 
@@ -354,7 +362,7 @@ class FakeOpenAIServer:
             st.requests += 1
             st.by_status[reply.status] = st.by_status.get(reply.status, 0) + 1
         if reply.chat:
-            st.in_flight -= reply.status != 429
+            st.in_flight -= reply.admitted
             st.log.append((reply.arrival, time.monotonic(), reply.status if sent else 0))
 
     def _bucket_size(self) -> float:
@@ -395,13 +403,16 @@ class FakeOpenAIServer:
         """Answer one chat-completions request according to the scenario."""
         sc, st = self.scenario, self.stats
         arrival = time.monotonic()
+        req: Any
         try:
             req = json.loads(body)
         except ValueError:
             req = None
+        if self.recorded is not None:
+            self.recorded.append(req)
         if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
             return _error(400, "body must be a JSON object with a `messages` list", "invalid_request_error")
-        rf = req.get("response_format") if isinstance(req.get("response_format"), dict) else {}
+        rf: dict[str, Any] = req["response_format"] if isinstance(req.get("response_format"), dict) else {}
         if req.get("stream"):
             return _error(400, "stream is not supported by the fake server", "invalid_request_error")
         if rf and sc.reject_response_format or rf.get("type") == "json_schema" and sc.reject_json_schema:
@@ -423,6 +434,7 @@ class FakeOpenAIServer:
             reply = _Reply(200, json.dumps(self._completion(req, req["messages"], kind), ensure_ascii=False).encode())
         reply.chat, reply.arrival = True, arrival
         if kind != "429":
+            reply.admitted = True
             st.in_flight += 1
             st.max_in_flight = max(st.max_in_flight, st.in_flight)
             reply.delay = max(0.0, sc.latency_s + self._rng.uniform(-sc.jitter_s, sc.jitter_s)) if sc.jitter_s else sc.latency_s
@@ -460,7 +472,7 @@ class FakeOpenAIServer:
 
     def _answer(self, req: dict[str, Any], prompt: str, focus: str, items: list[tuple[str, str]], off: bool) -> Any:
         """The JSON answer: an instance of the requested schema, else `{"labels"}` / `{"items"}` from the prompt."""
-        rf = req.get("response_format") or {}
+        rf: dict[str, Any] = req.get("response_format") or {}
         schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else rf.get("schema")
         if isinstance(schema, dict):
             return self._instance(schema, schema, focus, items, off)
@@ -512,8 +524,9 @@ class FakeOpenAIServer:
                 return self._pick(sub["enum"], text, off, least, most)
             return [self._instance(sub, root, text, items, off, depth + 1) for _ in range(max(least, 1))]
         if kind in ("integer", "number"):
-            lo = s.get("minimum", s.get("exclusiveMinimum", 0))
-            hi = s.get("maximum", s.get("exclusiveMaximum", 1))
+            bounds: dict[str, Any] = s
+            lo = float(bounds.get("minimum", bounds.get("exclusiveMinimum", 0)))
+            hi = float(bounds.get("maximum", bounds.get("exclusiveMaximum", 1)))
             value = (lo + hi) / 2 if hi >= lo else lo
             return int(value) if kind == "integer" else value
         return {"boolean": True, "null": None}.get(kind, "fake")  # type: ignore[arg-type]

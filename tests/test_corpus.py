@@ -180,8 +180,6 @@ def test_error_undecodable_bytes_in_utf8_tsv(tmp_path):
     assert "UTF-8" in str(err) and "line 2" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_corpus.py _read_table: a CSV with an undecodable byte "
-                   "reports a wrong byte offset and no line ('not valid UTF-8 at byte 3')")
 def test_error_undecodable_bytes_in_utf8_csv(tmp_path):
     p = tmp_path / "d.csv"
     p.write_bytes("text,labels\n支持企业,企业\n".encode() + "坏".encode() + b"\xff" + "字节,企业\n".encode())
@@ -246,9 +244,6 @@ def test_utf8_with_bom_is_read(tmp_path):
     assert c.items[0].labels == ("企业",)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_corpus.py _decode: GB18030 is refused when the bytes before "
-                   "the first UTF-8 error contain any byte >= 0x80; GB18030 '园区'/'税收激励' starts with a valid "
-                   "UTF-8 2-byte sequence, so such a GB18030 file is reported as broken UTF-8")
 def test_gb18030_tsv_whose_first_bytes_look_like_utf8(tmp_path):
     p = write(tmp_path / "gb.tsv", "园区\t建设国家高新区\n企业\t支持中小企业发展\n", "gb18030")
     c = load_corpus(p)
@@ -256,8 +251,6 @@ def test_gb18030_tsv_whose_first_bytes_look_like_utf8(tmp_path):
     assert [it.labels for it in c] == [("园区",), ("企业",)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_corpus.py _decode: a GB18030 JSONL ('{\"text\": \"支持...') "
-                   "is refused as broken UTF-8 (same heuristic as the TSV case)")
 def test_gb18030_jsonl_is_read(tmp_path):
     p = write(tmp_path / "gb.jsonl", '{"text": "支持中小企业发展", "labels": ["企业"]}\n', "gb18030")
     c = load_corpus(p)
@@ -265,8 +258,6 @@ def test_gb18030_jsonl_is_read(tmp_path):
     assert c.items[0].text == "支持中小企业发展"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_corpus.py _read_table: CSV is always read as UTF-8, so a "
-                   "GB18030 CSV fails ('not valid UTF-8 at byte 2') while TSV/JSONL fall back to GB18030")
 def test_gb18030_csv_is_read(tmp_path):
     p = write(tmp_path / "gb.csv", "text,labels\n支持中小企业发展,企业\n设立风险补偿资金池,金融支持|企业\n", "gb18030")
     c = load_corpus(p)
@@ -312,8 +303,6 @@ def test_malformed_taxonomy_yaml_gives_line(tmp_path):
     assert exc.value.line is not None and exc.value.line >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_taxonomy.py load_taxonomy: an empty YAML mapping `{}` is "
-                   "accepted as a taxonomy with zero labels instead of raising 'the taxonomy has no labels'")
 def test_empty_mapping_taxonomy_is_refused(tmp_path):
     p = write(tmp_path / "tax.yaml", "{}\n")
     with pytest.raises(TaxonomyError) as exc:

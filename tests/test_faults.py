@@ -204,9 +204,6 @@ def test_server_without_response_format_steps_down_to_prompt(fake_server, pool):
 # --------------------------------------------------------------------------- bugs found here
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_labeler.py Labeler.label/run_sync: each sync call runs "
-                   "asyncio.run on a new loop but the AsyncOpenAI client keeps connections of the first loop; the "
-                   "second label() call raises RuntimeError('Event loop is closed')")
 def test_sync_label_can_be_called_twice_with_an_openai_model(fake_server, pool):
     server = fake_server()
     labeler = labeler_for(server, pool)
@@ -214,9 +211,6 @@ def test_sync_label_can_be_called_twice_with_an_openai_model(fake_server, pool):
     assert labeler.label("设立风险补偿资金池，支持科技型企业融资。").status == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_labeler.py Labeler.__init__ _settings_key and _ask: the "
-                   "structured-output mode (config.structured / model.mode) is in neither cache key, so "
-                   "--structured prompt silently returns answers cached under json_schema")
 def test_structured_mode_is_part_of_the_cache_key(fake_server, pool):
     server = fake_server()
     assert labeler_for(server, pool, structured="json_schema").label(TEXT).status == "ok"

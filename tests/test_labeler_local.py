@@ -146,10 +146,6 @@ def test_cli_label_uses_the_cache_unless_told_not_to(cli, local_model, corpus, t
     assert uncached["cached"] is False and uncached["status"] == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_models.py LocalModel._complete_sync: llama-cpp-python's "
-                   "generate() reuses the KV cache of the previous call's longest common prefix; re-running the same "
-                   "prompt evaluates only its last token and greedy decoding gives another answer (calling "
-                   "llm.reset() before generate() makes it deterministic)")
 def test_same_prompt_twice_gives_the_same_answer(local_model, corpus):
     pool = corpus.subset([it.id for it in corpus.items[:300]])
     labeler = Labeler("local", examples=pool, shots=2, cache=False)

@@ -118,9 +118,6 @@ def test_prompt_mode_gives_a_validated_prediction_or_a_recorded_failure(llama_se
         assert labeler.stats["model_calls"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG src/labelwise/_models.py OpenAIModel.complete: llama_cpp.server rejects "
-                   "response_format json_schema with HTTP 500 (body names response_format), which is retried as a "
-                   "server error and never stepped down; only 400/422 trigger the step-down to json_object")
 def test_auto_mode_steps_down_to_json_object_on_llama_cpp_server(llama_server, corpus, held_out, policy_labels):
     # the same model `Labeler("openai:gemma", base_url=...)` builds, with short backoff so the bug costs little
     model = OpenAIModel("gemma", base_url=llama_server.base_url, max_wait=0.2)

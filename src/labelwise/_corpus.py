@@ -109,28 +109,29 @@ def corpus_from_records(
 
 
 def _decode(data: bytes, path: Path) -> tuple[str, str]:
-    """Decode UTF-8, or GB18030 when the file is plainly not UTF-8; name the spot otherwise."""
+    """Decode UTF-8, or GB18030 when the file is plainly not UTF-8; otherwise name the bad byte's line and column."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError as err:
-        prefix = data[: err.start]
-        looks_utf8 = any(b >= 0x80 for b in prefix)
-        if not looks_utf8:
-            try:
-                return data.decode("gb18030"), "gb18030"
-            except UnicodeDecodeError:
-                pass
-        line = prefix.count(b"\n") + 1
-        column = err.start - (prefix.rfind(b"\n") + 1) + 1
-        raise CorpusError(
-            f"bytes {data[err.start:err.start + 4]!r} are not valid UTF-8 (nor is the file GB18030); "
-            "re-save the file as UTF-8",
-            path=path,
-            line=line,
-            column=f"byte {column}",
-        ) from None
+        first_bad = err.start
+    # A UTF-8 file with a few bad bytes still decodes mostly as UTF-8; a GB18030 file almost never does.
+    lenient = data.decode("utf-8", errors="replace")
+    bad = lenient.count("\ufffd")
+    good = sum(1 for ch in lenient if ord(ch) > 127 and ch != "\ufffd")
+    if good < 4 * bad:
+        try:
+            return data.decode("gb18030"), "gb18030"
+        except UnicodeDecodeError:
+            pass
+    prefix = data[:first_bad]
+    line = prefix.count(b"\n") + 1
+    column = first_bad - (prefix.rfind(b"\n") + 1) + 1
+    raise CorpusError(
+        f"bytes {data[first_bad:first_bad + 4]!r} are not valid UTF-8 (nor is the file GB18030); re-save the file as UTF-8",
+        path=path, line=line, column=f"byte {column}",
+    )
 
 
 def _split_labels(value: Any, sep: str, path: Path, line: int, column: str) -> list[str]:
@@ -188,8 +189,8 @@ def load_corpus(
         text, encoding = _decode(path.read_bytes(), path)
         corpus = _read_jsonl(text.splitlines(), path, bad, text_col, label_col, label_sep)
     elif fmt in ("csv", "tsv", "parquet"):
-        encoding = "utf-8"
         corpus = _read_table(path, fmt, bad, text_col, label_col, label_sep)
+        encoding = corpus.encoding
     else:
         raise CorpusError(f"unknown format {fmt!r}; use .tsv, .txt, .csv, .jsonl or .parquet", path=path)
     corpus.encoding = encoding
@@ -266,17 +267,23 @@ def _read_jsonl(lines: list[str], path: Path, bad, text_col, label_col, label_se
 def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep) -> Corpus:
     import pandas as pd
 
+    import io
+
+    encoding = "utf-8"
     try:
         if fmt == "parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"not valid UTF-8 at byte {e.start}; re-save the file as UTF-8", path=path) from None
+            text, encoding = _decode(path.read_bytes(), path)
+            df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+    except CorpusError:
+        raise
     except Exception as e:  # pandas raises many parser error types; all mean the same to a user
         raise CorpusError(f"can't read as {fmt}: {e}", path=path) from None
-    return dataframe_corpus(df, text_col=text_col, label_col=label_col, label_sep=label_sep, path=path, bad=bad,
-                            first_line=2 if fmt != "parquet" else 1)
+    corpus = dataframe_corpus(df, text_col=text_col, label_col=label_col, label_sep=label_sep, path=path, bad=bad,
+                              first_line=2 if fmt != "parquet" else 1)
+    corpus.encoding = encoding
+    return corpus
 
 
 def dataframe_corpus(df, *, text_col=None, label_col=None, label_sep="|", path=None, bad=None, first_line: int = 1) -> Corpus:

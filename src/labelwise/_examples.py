@@ -19,7 +19,11 @@ def _as_example(it: Item) -> dict[str, Any]:
 
 
 class PoolSelector(BaseExampleSelector):
-    """Base of our selectors: a pool of labeled items, K, and never the query's own text (by content id)."""
+    """Base of our selectors: a pool of labeled items, K, and never the query's own text.
+
+    The guard compares content ids (hashes of the normalized text), whatever id a caller gives its item,
+    so neither the text itself nor an identical copy of it is ever shown as an example.
+    """
 
     def __init__(self, pool: Corpus | list[Item], k: int, seed: int = 0) -> None:
         self.items: list[Item] = [it for it in pool if it.labels]
@@ -42,17 +46,17 @@ class PoolSelector(BaseExampleSelector):
         """Up to K examples for the input `text`; the text itself (and any identical text) is excluded."""
         if self.k <= 0 or not self.items:
             return []
-        qid = input_variables.get("id") or item_id(input_variables["text"])
-        return [_as_example(self.items[i]) for i in self._select(input_variables["text"], qid)]
+        text = input_variables["text"]
+        return [_as_example(self.items[i]) for i in self._select(text, item_id(text))]
 
-    def select_many(self, queries: list[tuple[str, str]], k: int | None = None) -> list[list[dict[str, Any]]]:
-        """Examples for many (id, text) queries at once; `k` may ask for more than K (batches need spares)."""
+    def select_many(self, texts: list[str], k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Examples for many texts at once; `k` may ask for more than K (batches need spares)."""
         k = self.k if k is None else k
         if k <= 0 or not self.items:
-            return [[] for _ in queries]
+            return [[] for _ in texts]
         saved, self.k = self.k, k
         try:
-            return [[_as_example(self.items[i]) for i in self._select(text, qid)] for qid, text in queries]
+            return [[_as_example(self.items[i]) for i in self._select(text, item_id(text))] for text in texts]
         finally:
             self.k = saved
 
@@ -88,16 +92,16 @@ class SimilarSelector(PoolSelector):
     def _select(self, text: str, qid: str) -> list[int]:
         return self._pick(self.similarities(text), qid, self.k)
 
-    def select_many(self, queries: list[tuple[str, str]], k: int | None = None) -> list[list[dict[str, Any]]]:
+    def select_many(self, texts: list[str], k: int | None = None) -> list[list[dict[str, Any]]]:
         k = self.k if k is None else k
-        if k <= 0 or not self.items or not queries:
-            return [[] for _ in queries]
+        if k <= 0 or not self.items or not texts:
+            return [[] for _ in texts]
         vec, matrix, _ = self._index or self._fit()
         out: list[list[dict[str, Any]]] = []
-        for start in range(0, len(queries), 256):
-            chunk = queries[start:start + 256]
-            sims = (vec.transform([t for _, t in chunk]) @ matrix.T).toarray()
-            out += [[_as_example(self.items[i]) for i in self._pick(row, qid, k)] for row, (qid, _) in zip(sims, chunk)]
+        for start in range(0, len(texts), 256):
+            chunk = texts[start:start + 256]
+            sims = (vec.transform(chunk) @ matrix.T).toarray()
+            out += [[_as_example(self.items[i]) for i in self._pick(row, item_id(t), k)] for row, t in zip(sims, chunk)]
         return out
 
     def _pick(self, sims, qid: str, k: int) -> list[int]:

@@ -27,26 +27,35 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "policy_labels.t
 T = TypeVar("T")
 
 
-def run_sync(coro: Awaitable[T]) -> T:
-    """Run a coroutine to completion from sync code, also inside a running loop (e.g. Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
+class _LoopThread:
+    """One event loop on a daemon thread that every sync call runs on, so async clients outlive a call."""
 
-    def target() -> None:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="labelwise-loop", daemon=True).start()
+            return self._loop
+
+    def run(self, coro: Awaitable[T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
         try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
 
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+
+_LOOP = _LoopThread()
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run a coroutine from sync code (also from inside a running loop, e.g. Jupyter) on labelwise's loop thread."""
+    return _LOOP.run(coro)
 
 
 class LabelerConfig(BaseModel):
@@ -148,7 +157,7 @@ class Labeler:
         if missing:
             self._prefetch(missing)
         per_item = [self._prefetched.pop(iid) for iid, _ in keys]
-        banned = {iid for iid, _ in keys}
+        banned = {item_id(text) for _, text in keys}
         merged: dict[str, dict[str, Any]] = {}
         for rank in range(max(map(len, per_item), default=0)):
             for exs in per_item:
@@ -162,7 +171,7 @@ class Labeler:
         """Select examples for many items in one vectorised pass (spares for batch-mates included)."""
         if self.selector:
             extra = self.config.items_per_request - 1
-            for (iid, _), exs in zip(keys, self.selector.select_many(list(keys), self.selector.k + extra)):
+            for (iid, _), exs in zip(keys, self.selector.select_many([t for _, t in keys], self.selector.k + extra)):
                 self._prefetched[iid] = exs
 
     def _request(self, prompt: str, batch: bool = False, schema: dict | None = None) -> ModelRequest:

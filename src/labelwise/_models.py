@@ -137,6 +137,10 @@ def _fatal_message(err: BaseException, base_url: str) -> str:
     return f"{hint} (HTTP {status} from {base_url}): {detail}"
 
 
+class _FormatRejected(Exception):
+    """Internal: the server does not take this response_format; the next mode is tried."""
+
+
 class OpenAIModel(Model):
     """Any OpenAI-compatible chat-completions server through the official `openai` SDK."""
 
@@ -165,6 +169,7 @@ class OpenAIModel(Model):
                 raise ModelConfigError("OPENAI_API_KEY is not set (needed for api.openai.com)")
             key = "no-key"  # local servers accept any key; the SDK insists on one
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+        self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
         self.max_attempts = max_attempts
         self.max_wait = max_wait
@@ -173,7 +178,7 @@ class OpenAIModel(Model):
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.name, "base_url": self.base_url}
+        return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
 
     @property
     def mode(self) -> str:
@@ -213,7 +218,7 @@ class OpenAIModel(Model):
         import openai
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-        backoff = wait_exponential_jitter(initial=0.5, max=self.max_wait, jitter=0.5)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_wait, jitter=0.5)
 
         def wait(state) -> float:
             err = state.outcome.exception()
@@ -230,7 +235,8 @@ class OpenAIModel(Model):
         est_tokens = len(request.prompt) // 2 + request.max_tokens
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(self.max_attempts),
+                retry=retry_if_exception(lambda e: _is_retryable(e) and not self._format_rejected(e, mode)),
+                stop=stop_after_attempt(self.max_attempts),
                 wait=wait, before_sleep=before_sleep, reraise=True,
             ):
                 with attempt:
@@ -239,6 +245,8 @@ class OpenAIModel(Model):
                     return await self._create(request, mode)
         except openai.APIStatusError as err:
             attempts = attempt.retry_state.attempt_number
+            if self._format_rejected(err, mode):
+                raise _FormatRejected(str(err)) from err
             if _is_retryable(err):
                 raise TransportError(f"gave up after {attempts} attempts: HTTP {err.status_code} from {self.base_url}",
                                      status=err.status_code, attempts=attempts) from err
@@ -248,18 +256,23 @@ class OpenAIModel(Model):
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
             raise TransportError(f"{kind} after {attempts} attempts: {self.base_url}", attempts=attempts) from err
 
+    def _format_rejected(self, err: BaseException, mode: str) -> bool:
+        """The server refused this structured-output mode (400/422, or llama.cpp's 500 naming response_format)."""
+        status = getattr(err, "status_code", None)
+        if mode == "prompt" or len(self.modes) < 2 or status not in (400, 422, 500):
+            return False
+        text = f"{getattr(err, 'message', '')} {getattr(err, 'body', '')}"
+        return "response_format" in text or "json_schema" in text
+
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         while True:
             mode = self.modes[0]
             try:
                 resp = await self._send(request, mode)
-            except FatalTransportError as err:
-                # A server without this structured-output mode rejects it; step down to the next one.
-                if err.status in (400, 422) and mode != "prompt" and len(self.modes) > 1 and "response_format" in str(err) + repr(err.__cause__):
-                    if self.modes[0] == mode:
-                        self.modes.pop(0)
-                    continue
-                raise
+            except _FormatRejected:
+                if self.modes[0] == mode:  # concurrent requests may have stepped down already
+                    self.modes.pop(0)
+                continue
             return self._answer(resp, mode)
 
     def _answer(self, resp, mode: str) -> ModelAnswer:
@@ -269,6 +282,8 @@ class OpenAIModel(Model):
         content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
         if content:
             tokens = [(t.token, float(t.logprob)) for t in content]
+        elif self.logprobs and choice.message.content:
+            self.logprobs = False  # this server returns none (and may be much slower when asked): stop asking
         usage = {}
         if resp.usage:
             usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
@@ -293,6 +308,25 @@ def default_gguf() -> str:
 
 
 _LOG_CALLBACK: Any = None
+_CHUNK = 128  # prompt tokens per decode batch; KV reuse is cut to a multiple of it (see _keep_aligned_prefix)
+
+
+def _keep_aligned_prefix(llm: Any, ids: list[int]) -> None:
+    """Reuse the KV cache of a shared prompt prefix only up to a chunk boundary.
+
+    llama.cpp's logits depend (slightly) on how a prompt is split into batches; reusing an arbitrary
+    prefix left by the previous call changes the split, and greedy decoding then flips on near-ties.
+    Evaluating every prompt in chunks aligned at position 0, and reusing only whole chunks, makes the
+    answer the same whatever ran before, while shared instructions are still evaluated once.
+    """
+    common = 0
+    for a, b in zip(llm._input_ids, ids):
+        if a != b:
+            break
+        common += 1
+    keep = min(common, len(ids) - 1) // _CHUNK * _CHUNK
+    if keep < llm.n_tokens:
+        llm.n_tokens = keep
 
 
 def _silence_llama_log() -> None:
@@ -333,7 +367,7 @@ class LocalModel(Model):
 
     def identity(self) -> dict[str, Any]:
         st = Path(self.path).stat()
-        return {"model": self.name, "file": Path(self.path).name, "size": st.st_size}
+        return {"model": self.name, "file": Path(self.path).name, "size": st.st_size, "decode": f"greedy-grammar/chunk{_CHUNK}"}
 
     def _load(self):
         if self._llm is None:
@@ -342,6 +376,7 @@ class LocalModel(Model):
             _silence_llama_log()
 
             self._llm = Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed,
+                              n_batch=_CHUNK, n_ubatch=_CHUNK,
                               verbose=False)
         return self._llm
 
@@ -400,6 +435,7 @@ class LocalModel(Model):
             targets = [lab + end for lab in request.labels for end in ends]
             pieces: list[tuple[str, float]] = []
             pending, pending_lp, text, generated = b"", 0.0, "", 0
+            _keep_aligned_prefix(llm, ids)
             for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, grammar=grammar):
                 if tok == llm.token_eos():
                     break

@@ -60,6 +60,8 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
             raise TaxonomyError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,
                                 line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
         if isinstance(data, dict):
+            if not data:
+                raise TaxonomyError("the taxonomy has no labels", path=path)
             for k, v in data.items():
                 if not isinstance(k, str) or not (v is None or isinstance(v, str)):
                     raise TaxonomyError(f"entry {k!r} must map a label to a definition string", path=path)
