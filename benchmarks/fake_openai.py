@@ -14,8 +14,11 @@ Answers are valid labels in the requested format:
   line in batch mode; otherwise the last user message from its last `句子：`/`Text:` line on), so a test can get
   a deterministic right answer by putting the label into the text.
 
-`Scenario.script` entries (consumed one per chat request, before limits and rates): "ok", "garbage",
-"off_taxonomy", "hang" / "hang:SECONDS", or an HTTP status "429" / "429:RETRY_AFTER_S" / "500" / "503" ...
+`Scenario.script` entries (consumed one per chat request, before limits and rates; `server.script` is a deque a
+test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", or an HTTP status
+"429" / "429:RETRY_AFTER_S" / "500" / "503" ... Limits: `max_in_flight` concurrent answers, and `rpm` as a token
+bucket (`rpm_burst` tokens, refilled at rpm/60 per second); beyond either, 429 with `Retry-After` (seconds, may be
+fractional) and `retry-after-ms`. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
 """
 
 from __future__ import annotations

@@ -221,20 +221,23 @@ def local_run(ctx: Ctx, n: int, *, shots: int, ipr: int = 1, prompt: str = "fews
 
 def s1_throughput(ctx: Ctx) -> list[Row]:
     """Labeling throughput at 100 ms latency vs min(C/latency, a bare AsyncOpenAI loop) at the same concurrency."""
-    latency, rows = 0.1, []
-    with server_process(Scenario(latency_s=latency)) as url:
+    latency, reps, rows = 0.1, (1 if ctx.quick else 2), []
+    with server_process(Scenario(latency_s=latency)) as url:  # own process: the client keeps this one's GIL
+        renderer = fake_labeler(url)
         for c in (1, 8, 64, 256):
-            n = max(20, 2 * c) if ctx.quick else min(max(60, 10 * c), 3000)
+            n = max(20, 2 * c) if ctx.quick else min(max(60, 5 * c), 1500)
             todo = items(n)
-            labeler = fake_labeler(url, concurrency=c)
-            prompts = [labeler.render(t, id=i).text for i, t in todo]
-            bare = asyncio.run(bare_rate(url, prompts, labeler._schema, c))
-            preds, seconds = asyncio.run(label_run(labeler, todo))
-            got, limit = n / seconds, min(c / latency, bare)
-            failed = sum(p.status != "ok" for p in preds)
+            prompts = [renderer.render(t, id=i).text for i, t in todo]
+            bare, got, failed = 0.0, 0.0, 0
+            for _ in range(reps):  # interleaved, best of each: other load on the box hits both alike
+                labeler = fake_labeler(url, concurrency=c)
+                bare = max(bare, asyncio.run(bare_rate(url, prompts, labeler._schema, c)))
+                preds, seconds = asyncio.run(label_run(labeler, todo))
+                got, failed = max(got, n / seconds), max(failed, sum(p.status != "ok" for p in preds))
+            limit = min(c / latency, bare)
             rows.append(Row("1 throughput, 100 ms latency", f"concurrency {c}, {n} items", f"{got:.1f} items/s",
                             f"{limit:.1f}/s", pct(got / limit), verdict(got >= 0.9 * limit and not failed),
-                            f"C/latency {c / latency:.0f}/s, bare AsyncOpenAI {bare:.1f}/s; failed {failed}"))
+                            f"C/latency {c / latency:.0f}/s, bare AsyncOpenAI {bare:.1f}/s; best of {reps}; failed {failed}"))
     return rows
 
 
@@ -354,24 +357,25 @@ class _Ok:
 
 def s8_memory(ctx: Ctx) -> list[Row]:
     """Peak RSS of `labelwise relabel` over 100,000 synthesized rows at latency 0, high concurrency."""
-    n = 10_000 if ctx.quick else 100_000
+    n, ipr = (5_000, 10) if ctx.quick else (100_000, 10)  # 100k one-item requests: ~25 min of openai-SDK CPU here
     lines = [ln for ln in DATA.read_text(encoding="utf-8").splitlines() if "\t" in ln]
     big = ctx.tmp / "big.tsv"
     big.write_text("".join(f"{lines[i % len(lines)]} #{i}\n" for i in range(n)), encoding="utf-8")
+    settings = [(n, "shots 0", ["--shots", "0"])]
+    if not ctx.quick:  # default shots: the first 20,000 rows (the selector's cost would double the run at 100k)
+        settings.append((20_000, "8 shots from the corpus", ["--examples", str(DATA), "--limit", "20000"]))
     rows = []
-    settings: list[tuple[str, list[str]]] = [("shots 0", ["--shots", "0"])]
-    if not ctx.quick:
-        settings.append(("8 shots, --examples corpus", ["--examples", str(DATA)]))
     with FakeOpenAIServer(Scenario()) as srv:
-        for name, extra in settings:
-            out = ctx.tmp / f"s8-{len(rows)}"
-            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "256", *extra),
-                    {"LABELWISE_CACHE_DIR": str(ctx.tmp / f"s8-cache-{len(rows)}")})
-            check(p, "relabel 100k")
+        for k, (rows_n, name, extra) in enumerate(settings):
+            out = ctx.tmp / f"s8-{k}"
+            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "64", "--items-per-request", str(ipr), *extra),
+                    {"LABELWISE_CACHE_DIR": str(ctx.tmp / f"s8-cache-{k}")})
+            check(p, f"relabel {rows_n} rows")
             m = manifest(out)
-            rows.append(Row("8 peak memory", f"{n:,} rows, {name}, C=256", f"{p.rss_mb:,.0f} MB", "< 1,024 MB",
+            rows.append(Row("8 peak memory", f"{rows_n:,} rows, {name}, C=64, {ipr}/request", f"{p.rss_mb:,.0f} MB", "< 1,024 MB",
                             pct(p.rss_mb / 1024), verdict(p.rss_mb < 1024),
-                            f"wall {p.wall:.0f} s ({n / p.wall:.0f} items/s), failed {m['counts']['failed']}"))
+                            f"max RSS of the process; wall {p.wall:.0f} s ({rows_n / p.wall:.0f} rows/s), "
+                            f"{m['model_calls']} requests, failed {m['counts']['failed']}"))
     return rows
 
 

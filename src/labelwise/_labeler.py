@@ -124,9 +124,11 @@ class Labeler:
             self.taxonomy.check(self.pool.labels, where=self.pool.path)
         self.prompt = prompt if isinstance(prompt, PromptSpec) else load_prompt(prompt)
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
+        # A client we create is ours to close; a model passed in, or the process-wide local model, is not.
+        self._owns_model = isinstance(model, str) and model.startswith("openai:")
         if isinstance(model, Model):
             self.model = model
-        elif model.startswith("openai:"):
+        elif self._owns_model:
             self.model = get_model(model, base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout, limiter=self.limiter)
         else:
             self.model = get_model(model)
@@ -396,9 +398,25 @@ class Labeler:
         extra = extra.rename(columns={c: f"pred_{c}" if c in df.columns else c for c in extra.columns})
         return pd.concat([df, extra], axis=1)
 
+    def close(self) -> None:
+        """Close the model client and the cache (an unclosed HTTP client can stall other clients)."""
+        run_sync(self.aclose())
+
+    def __enter__(self) -> Labeler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Labeler:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close the model client and the cache."""
-        if self.model.name.startswith("openai:"):
+        if self._owns_model:
             await self.model.aclose()
         if self.cache is not None:
             self.cache.close()

@@ -62,10 +62,10 @@ def label(
         texts = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
     opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured)
     try:
-        labeler = Labeler(opts.pop("model"), examples=opts.pop("examples"), taxonomy=opts.pop("taxonomy"),
-                          prompt=opts.pop("prompt"), **opts)
-        for pred in labeler.label_many(texts):
-            typer.echo(json.dumps(pred.model_dump(exclude={"raw"} if pred.status == "ok" else set()), ensure_ascii=False))
+        with Labeler(opts.pop("model"), examples=opts.pop("examples"), taxonomy=opts.pop("taxonomy"),
+                     prompt=opts.pop("prompt"), **opts) as labeler:
+            for pred in labeler.label_many(texts):
+                typer.echo(json.dumps(pred.model_dump(exclude={"raw"} if pred.status == "ok" else set()), ensure_ascii=False))
     except (LabelwiseError, ValueError) as err:
         _fail(err)
 
