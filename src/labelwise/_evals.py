@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._corpus import Corpus, load_corpus
 from ._exceptions import SpecError
-from ._io import atomic_write_json, atomic_write_text, write_jsonl
+from ._io import atomic_write_json, atomic_write_text, parse_yaml, write_jsonl
 from ._taxonomy import load_taxonomy
 
 __all__ = ["EvalSpec", "Variant", "load_spec", "run_eval", "arun_eval", "check_gates", "leaderboard_markdown"]
@@ -94,17 +94,10 @@ class EvalSpec(BaseModel):
 
 def load_spec(path: str | Path) -> tuple[EvalSpec, Path]:
     """Read and validate a spec; relative paths in it are relative to the project (the spec's parent's parent)."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise SpecError("spec file not found", path=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,
-                        line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+    data = parse_yaml(path.read_text(encoding="utf-8"), path, SpecError)
     try:
         spec = EvalSpec.model_validate(data)
         spec.all_variants()

@@ -48,6 +48,18 @@ def append_jsonl(f, obj: Any) -> None:
     f.flush()
 
 
+def parse_yaml(text: str, path: str | Path, error: type[Exception]) -> Any:
+    """YAML from `text`; a syntax error becomes `error` naming the file, line and column."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise error(f"invalid YAML: {getattr(e, 'problem', None) or e}", path=path,
+                    line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+
+
 def read_jsonl_repairing(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     """Complete JSON lines of a file, truncating a torn last line in place; returns (rows, bytes cut)."""
     path = Path(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import PromptError
+from ._io import parse_yaml
 from ._taxonomy import Taxonomy
 
 __all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER"]
@@ -117,8 +118,6 @@ class PromptSpec:
 
 def load_prompt(name_or_path: str | Path) -> PromptSpec:
     """A prompt by name (a file under prompts/) or by path to a YAML template file."""
-    import yaml
-
     path = Path(name_or_path)
     if not path.suffix:
         path = PROMPTS_DIR / f"{name_or_path}.yaml"
@@ -126,12 +125,7 @@ def load_prompt(name_or_path: str | Path) -> PromptSpec:
         known = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml") if p.stem != "policy_taxonomy")
         raise PromptError(f"prompt not found; known prompts: {known}", path=path)
     source = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise PromptError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+    data = parse_yaml(source, path, PromptError)
     if not isinstance(data, dict):
         raise PromptError("a prompt file is a YAML mapping with prefix / example / suffix", path=path)
     unknown = set(data) - _FIELDS

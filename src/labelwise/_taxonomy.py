@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._exceptions import TaxonomyError
+from ._io import parse_yaml
 
 __all__ = ["Taxonomy", "load_taxonomy"]
 
@@ -46,19 +47,12 @@ class Taxonomy:
 
 def load_taxonomy(path: str | Path) -> Taxonomy:
     """Read a taxonomy file: YAML mapping label -> definition, YAML list, or one label per line."""
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise TaxonomyError("taxonomy file not found", path=path)
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise TaxonomyError(f"invalid YAML: {getattr(e, 'problem', e)}", path=path,
-                                line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
+        data = parse_yaml(text, path, TaxonomyError)
         if isinstance(data, dict):
             if not data:
                 raise TaxonomyError("the taxonomy has no labels", path=path)
