@@ -216,7 +216,7 @@ class OpenAIModel(Model):
     async def _send(self, request: ModelRequest, mode: str):
         """One logical request with transport retries: backoff with jitter, honoring Retry-After."""
         import openai
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+        from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
         backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_wait, jitter=0.5)
 
@@ -232,17 +232,28 @@ class OpenAIModel(Model):
                 self.stats["rate_limited"] += 1
                 self.limiter.pause(wait(state))
 
+        def stop(state) -> bool:
+            # 429s are flow control, not failure: they get a larger budget than errors do.
+            limited = getattr(state.outcome.exception(), "status_code", None) == 429
+            return state.attempt_number >= self.max_attempts * (5 if limited else 1)
+
         est_tokens = len(request.prompt) // 2 + request.max_tokens
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: _is_retryable(e) and not self._format_rejected(e, mode)),
-                stop=stop_after_attempt(self.max_attempts),
+                stop=stop,
                 wait=wait, before_sleep=before_sleep, reraise=True,
             ):
                 with attempt:
                     await self.limiter.acquire(est_tokens)
                     self.stats["requests"] += 1
-                    return await self._create(request, mode)
+                    ok = False
+                    try:
+                        resp = await self._create(request, mode)
+                        ok = True
+                        return resp
+                    finally:
+                        self.limiter.release(ok)
         except openai.APIStatusError as err:
             attempts = attempt.retry_state.attempt_number
             if self._format_rejected(err, mode):

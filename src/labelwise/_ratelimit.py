@@ -9,7 +9,12 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute token buckets; a 429 pauses all callers, not just one."""
+    """Requests-per-minute and tokens-per-minute token buckets; a 429 slows all callers, not just one.
+
+    On a 429 every caller pauses for the server's Retry-After, and the number of requests allowed in
+    flight is halved (then grows back by one per window of successes): additive-increase,
+    multiplicative-decrease, so a run without `--rpm` settles near what the server admits.
+    """
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
         self.rpm = rpm
@@ -23,11 +28,24 @@ class RateLimiter:
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
         self.pauses = 0
+        self.in_flight = 0
+        self.window: float | None = None  # no cap on requests in flight until the first 429
+        self._last_cut = 0.0
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller for `seconds` (the server said Retry-After)."""
+        """Hold every caller for `seconds` (the server said Retry-After) and halve the requests in flight."""
         self.pauses += 1
-        self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
+        now = time.monotonic()
+        self._paused_until = max(self._paused_until, now + max(0.0, seconds))
+        if now - self._last_cut > max(0.05, seconds):  # one cut per burst of 429s, not one per request
+            self.window = max(1.0, (self.in_flight if self.window is None else min(self.window, self.in_flight)) / 2)
+            self._last_cut = now
+
+    def release(self, ok: bool) -> None:
+        """A request finished; successes let the in-flight window grow back."""
+        self.in_flight -= 1
+        if ok and self.window is not None:
+            self.window += 1.0 / self.window
 
     def _refill(self, now: float) -> None:
         dt = now - self._last
@@ -39,6 +57,9 @@ class RateLimiter:
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one request of about `tokens` tokens fits the budgets and no pause is in force."""
+        while self.window is not None and self.in_flight >= self.window:
+            await asyncio.sleep(0.005)
+        self.in_flight += 1
         if not (self.rpm or self.tpm) and self._paused_until <= time.monotonic():
             return
         async with self._lock:
