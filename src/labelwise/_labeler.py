@@ -325,13 +325,18 @@ class Labeler:
     # ------------------------------------------------------------------ many items
 
     async def alabel_items(
-        self, items: Sequence[tuple[str, str]], *, on_result: Callable[[Prediction], Any] | None = None
+        self, items: Sequence[tuple[str, str]], *, on_result: Callable[[Prediction], Any] | None = None,
+        collect: bool = True,
     ) -> list[Prediction]:
-        """Label (id, text) pairs with bounded concurrency; `on_result` sees each prediction as it completes."""
+        """Label (id, text) pairs with bounded concurrency; `on_result` sees each prediction as it completes.
+
+        With `collect=False` nothing is kept (a streaming caller writes each result itself) and [] is returned.
+        """
         results: dict[str, Prediction] = {}
 
         def done(pred: Prediction) -> None:
-            results[pred.id] = pred
+            if collect:
+                results[pred.id] = pred
             if on_result is not None:
                 on_result(pred)
 
@@ -369,7 +374,7 @@ class Labeler:
         finally:
             for t in tasks:
                 t.cancel()
-        return [results[iid] for iid, _ in items]
+        return [results[iid] for iid, _ in items] if collect else []
 
     async def alabel_many(self, texts: Iterable[str]) -> list[Prediction]:
         """Label many texts (async); identical texts are labeled once."""

@@ -219,7 +219,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                         usage[k] += pred.usage.get(k, 0)
                 bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))
 
-            await labeler.alabel_items(todo, on_result=record)
+            await labeler.alabel_items(todo, on_result=record, collect=False)
     finally:
         bar.close()
         await labeler.aclose()
