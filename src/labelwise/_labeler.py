@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._cache import ResponseCache, stable_hash
-from ._corpus import Corpus, Item, item_id, load_corpus, normalize_text
+from ._corpus import Corpus, item_id, load_corpus, normalize_text
 from ._examples import make_selector
 from ._exceptions import ModelError, TransportError
 from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model

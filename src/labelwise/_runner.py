@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._cache import stable_hash
 from ._corpus import Corpus, load_corpus
 from ._exceptions import RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
