@@ -2,7 +2,7 @@
 
 How to run (from the repository root, with the project's venv; `make bench` runs exactly the first line):
 
-    .venv/bin/python -m benchmarks                  # all 8 scenarios, full size (about 10-15 min on 2 cores)
+    .venv/bin/python -m benchmarks                  # all 8 scenarios, full size (~16 min on 2 busy cores)
     .venv/bin/python -m benchmarks --quick          # small sizes, for development (a few minutes)
     .venv/bin/python -m benchmarks --only 1,5,6     # some scenarios; --out PATH writes the table elsewhere
 

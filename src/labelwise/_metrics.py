@@ -220,8 +220,8 @@ def _metrics(W: np.ndarray, C: np.ndarray, side: _Side, D: np.ndarray) -> dict[s
     """All figures for each row of item weights W (resamples x items); C counts each value set per row."""
     n = W.sum(1)
     L = side.counts.shape[1] // 3
-    s = W @ side.scalars
-    tp, fp, fn = np.split(W @ side.counts, 3, axis=1)
+    s = (side.scalars.T @ W.T).T  # not W @ X: OpenBLAS is ~100x slower on (few x huge) @ (huge x few)
+    tp, fp, fn = np.split((side.counts.T @ W.T).T, 3, axis=1)
     g1, p1 = tp + fn, tp + fp
     f1 = _div(2 * tp, 2 * tp + fp + fn)
     nn = n[:, None]
