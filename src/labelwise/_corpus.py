@@ -27,7 +27,11 @@ def normalize_text(text: str) -> str:
 
 def item_id(text: str) -> str:
     """Stable id of a text: a content hash of its normalized form, the same in every run."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+    return _hash_normalized(normalize_text(text))
+
+
+def _hash_normalized(norm: str) -> str:
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,12 @@ def corpus_from_records(
     rows = duplicates = 0
     for line, text, labels in records:
         rows += 1
-        key = item_id(text)
+        norm = normalize_text(text)
+        key = _hash_normalized(norm)
         if (key, tuple(labels)) in seen_rows:
             duplicates += 1
         seen_rows.add((key, tuple(labels)))
-        entry = merged.setdefault(key, (normalize_text(text), [], []))
+        entry = merged.setdefault(key, (norm, [], []))
         for lab in labels:
             if lab not in entry[1]:
                 entry[1].append(lab)
