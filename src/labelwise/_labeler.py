@@ -205,6 +205,11 @@ class Labeler:
     def _memo_key(self, iid: str) -> str:
         return f"{self._settings_key}:{iid}"
 
+    def _store(self, pred: Prediction) -> None:
+        """Remember a finished, valid prediction under these settings (the counterpart of `_memo`)."""
+        if self.cache is not None:
+            self.cache.set("prediction", self._memo_key(pred.id), pred.model_dump(exclude={"text", "cached"}))
+
     def _memo(self, iid: str, text: str) -> Prediction | None:
         """A finished prediction for this item under exactly these settings, if one is cached."""
         if self.cache is None:
@@ -255,8 +260,7 @@ class Labeler:
             self._remember(request, answer)
             pred = Prediction(**base, labels=labels, confidence=label_confidence(answer.text, answer.tokens, labels[0]),
                               attempts=attempt, usage=usage, cached=all_cached)
-            if self.cache is not None:
-                self.cache.set("prediction", self._memo_key(iid), pred.model_dump(exclude={"text", "cached"}))
+            self._store(pred)
             return pred
         return Prediction(**base, labels=[], status="failed", error=f"invalid answer after {cfg.max_reasks} re-asks: {error}",
                           attempts=cfg.max_reasks + 1, usage=usage, raw=raw)
@@ -298,8 +302,7 @@ class Labeler:
                     pred = Prediction(id=iid, text=text, labels=labels, examples=list(rendered.example_ids), prompt=self.prompt.ref,
                                       model=self.model.name, usage=share, cached=cached,
                                       confidence=self._batch_confidence(answer, key, labels[0]))
-                    if self.cache is not None:
-                        self.cache.set("prediction", self._memo_key(iid), pred.model_dump(exclude={"text", "cached"}))
+                    self._store(pred)
                     out[iid] = pred
                 else:
                     self.stats["reasks"] += 1
