@@ -11,8 +11,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# llama-cpp-python ships only its source on PyPI: the first install compiles it (about 4 minutes on 2 cores).
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q -e '.[local,server,dev]'
+	# llama-cpp-python ships only its source on PyPI: the first install compiles it. LLAVA_BUILD=OFF skips the
+	# multimodal (mtmd) library, which labelwise never loads and which was most of the compile time.
+	CMAKE_ARGS="$${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q -e '.[local,server,dev]'
 	# A CJK font so plots show Chinese labels (Debian's WenQuanYi Micro Hei, 1.6 MB); plots fall back without it.
 	@fc-list :lang=zh 2>/dev/null | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null; } || \
