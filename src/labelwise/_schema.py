@@ -23,6 +23,8 @@ class Prediction(BaseModel):
     text: str
     labels: list[str]
     confidence: float | None = Field(None, ge=0.0, le=1.0)
+    # A probability for every taxonomy label (taxonomy order), or None where the model gives none.
+    label_probs: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None
     examples: list[str] = Field(default_factory=list)
