@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ __all__ = [
     "score",
     "compare",
     "confusion",
+    "expected_calibration_error",
+    "top_label_confidence",
 ]
 
 HEADLINE = (
@@ -414,3 +416,27 @@ def confusion(
     onehot[np.arange(len(top)), top] = 1
     counts = data.G.astype(np.int64).T @ onehot
     return pd.DataFrame(counts, index=pd.Index(data.labels, name="gold"), columns=pd.Index(cols, name="predicted"))
+
+
+def top_label_confidence(P: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of each item's top label, and whether that label is among its existing labels."""
+    top = P.argmax(1)
+    rows = np.arange(len(P))
+    return P[rows, top], Y[rows, top] > 0
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[float, list[dict[str, Any]]]:
+    """ECE over equal-width confidence bins (weighted |accuracy - confidence|), and the reliability diagram's bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    ece, out = 0.0, []
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        if n:
+            acc, mean_conf = float(correct[m].mean()), float(conf[m].mean())
+            ece += n / len(conf) * abs(acc - mean_conf)
+        else:
+            acc = mean_conf = None
+        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n, "confidence": mean_conf, "accuracy": acc})
+    return float(ece), out

@@ -1,0 +1,369 @@
+"""Label-error triage: cross-fitted calibration, a corpus classifier's second opinion, their ensemble, cleanlab's ranking.
+
+Every item with existing labels gets `issue_score = 1 - label quality`, the label quality being cleanlab's
+self-confidence score of its existing labels under the probabilities of the ranking source:
+
+- `llm`: the model's `label_probs`, calibrated (cross-fitted, below);
+- `corpus`: a character n-gram TF-IDF + logistic regression classifier trained on the example pool and the
+  scored items, out of fold;
+- `ensemble`: `w * llm + (1 - w) * corpus`, `w` chosen on the other folds (below); items without `label_probs`
+  fall back to `corpus`, and the row says so.
+
+Two modes, decided by the existing labels. `single`: every scored item has exactly one label; probabilities are a
+distribution over the taxonomy (rows sum to 1), the corpus classifier is a multinomial logistic regression, the
+calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`. `multi`: some item
+has several labels; each label gets its own probability of applying (rows need not sum to 1), the corpus classifier
+is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope and
+intercept shared by all labels), and the ranking is `cleanlab.multilabel_classification.rank.get_label_quality_scores`.
+
+No item is scored by a model that saw its label. Items are split into K folds by a seeded hash of their id (never of
+their labels). For an item in fold f, the calibrator and the corpus classifier are fitted on the other folds only.
+The ensemble weight for fold f is the one (of 0, 0.1, ..., 1) with the lowest log loss on the other folds' items;
+their corpus probabilities come from classifiers that did train on fold f, so an item's label reaches its own weight
+only through that one scalar choice, never through a probability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ._corpus import Corpus
+from ._exceptions import TaxonomyError
+from ._metrics import expected_calibration_error, top_label_confidence
+
+__all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
+           "ensemble_cross_fitted", "label_quality", "triage", "triage_run",
+           "check_existing_labels"]
+
+Source = Literal["llm", "corpus", "ensemble"]
+Mode = Literal["single", "multi"]
+SOURCES: tuple[str, ...] = ("llm", "corpus", "ensemble")
+FOLDS = 5
+WEIGHTS = tuple(i / 10 for i in range(11))
+_EPS = 1e-6
+
+
+def check_existing_labels(corpus: Corpus, labels: Iterable[str], *, where: str | None = None) -> None:
+    """Raise naming the first line whose existing label is outside the taxonomy (and how many more there are)."""
+    known = set(labels)
+    bad = [(it, lab) for it in corpus.items for lab in it.labels if lab not in known]
+    if not bad:
+        return
+    it, lab = min(bad, key=lambda b: b[0].lines[0] if b[0].lines else 0)
+    others = sorted({b[1] for b in bad} - {lab})
+    more = f"; {len(bad) - 1} more such label(s) elsewhere" + (f", e.g. {others[:5]}" if others else "") if len(bad) > 1 else ""
+    raise TaxonomyError(f"existing label {lab!r} is not in the taxonomy{more}", path=where or corpus.path,
+                        line=it.lines[0] if it.lines else None, item_id=it.id)
+
+
+def mode_of(label_sets: Sequence[Sequence[str]]) -> Mode:
+    """`single` when every item has exactly one label, else `multi`."""
+    return "single" if all(len(s) == 1 for s in label_sets) else "multi"
+
+
+def fold_ids(ids: Sequence[str], k: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Fold of each id: ids ordered by a seeded hash, dealt round-robin; independent of labels and of input order."""
+    order = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest())
+    folds = np.empty(len(ids), dtype=np.int64)
+    for n, i in enumerate(order):
+        folds[i] = n % k
+    return folds
+
+
+def binarize(label_sets: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
+    """Item x label 0/1 matrix."""
+    index = {lab: j for j, lab in enumerate(labels)}
+    Y = np.zeros((len(label_sets), len(labels)))
+    for i, s in enumerate(label_sets):
+        Y[i, [index[x] for x in s]] = 1.0
+    return Y
+
+
+def _log_loss(P: np.ndarray, Y: np.ndarray, mode: Mode) -> float:
+    """Mean negative log-likelihood of the existing labels (per item; binary per label in multi mode)."""
+    P = np.clip(P, _EPS, 1 - _EPS)
+    if mode == "single":
+        return float(-(Y * np.log(P)).sum(1).mean())
+    return float(-(Y * np.log(P) + (1 - Y) * np.log(1 - P)).sum(1).mean())
+
+
+class Calibrator:
+    """Temperature scaling (single) or shared Platt scaling of per-label log-odds (multi), fitted on labeled items."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.temperature = 1.0
+        self.slope, self.intercept = 1.0, 0.0
+
+    def fit(self, P: np.ndarray, Y: np.ndarray) -> Calibrator:
+        """Fit on probabilities P and the 0/1 existing labels Y (items x labels)."""
+        from scipy.optimize import minimize, minimize_scalar
+
+        if self.mode == "single":
+            def nll(log_t: float) -> float:
+                return _log_loss(self._softmax(P, math.exp(log_t)), Y, "single")
+
+            self.temperature = float(math.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+        else:
+            z = self._logit(P).ravel()
+            y = Y.ravel()
+
+            def nll2(ab: np.ndarray) -> float:
+                s = ab[0] * z + ab[1]
+                return float(np.mean(np.logaddexp(0, s) - y * s))
+
+            res = minimize(nll2, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.01, 20.0), (-20.0, 20.0)])
+            self.slope, self.intercept = float(res.x[0]), float(res.x[1])
+        return self
+
+    def transform(self, P: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, same shape."""
+        if self.mode == "single":
+            return self._softmax(P, self.temperature)
+        return 1 / (1 + np.exp(-(self.slope * self._logit(P) + self.intercept)))
+
+    def params(self) -> dict[str, float]:
+        """The fitted parameters, for the report."""
+        return {"temperature": self.temperature} if self.mode == "single" else {"slope": self.slope, "intercept": self.intercept}
+
+    @staticmethod
+    def _softmax(P: np.ndarray, t: float) -> np.ndarray:
+        z = np.log(np.clip(P, 1e-12, 1.0)) / t
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    @staticmethod
+    def _logit(P: np.ndarray) -> np.ndarray:
+        P = np.clip(P, _EPS, 1 - _EPS)
+        return np.log(P) - np.log1p(-P)
+
+
+def calibrate_cross_fitted(P: np.ndarray, Y: np.ndarray, folds: np.ndarray, mode: Mode) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Each item's probabilities calibrated by a calibrator fitted on the other folds only; and each fold's parameters."""
+    Q = np.empty_like(P, dtype=np.float64)
+    params = []
+    for f in np.unique(folds):
+        test = folds == f
+        cal = Calibrator(mode)
+        if (~test).sum() >= 2:
+            cal.fit(P[~test], Y[~test])
+        Q[test] = cal.transform(P[test])
+        params.append(cal.params())
+    return Q, params
+
+
+def _corpus_model(seed: int, n_train: int):
+    """Character 1-2-gram TF-IDF + logistic regression (log-loss SGD: 10 passes reach the log loss lbfgs/liblinear
+    reach, about 10x faster on this corpus); one-vs-rest, so in single mode scikit-learn normalises rows to sum 1."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
+                                         min_df=2 if n_train >= 100 else 1),
+                         OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None,
+                                                           random_state=seed)))
+
+
+def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool: Iterable[tuple[str, str, Sequence[str]]],
+                         labels: Sequence[str], mode: Mode, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Out-of-fold probabilities of each scored (id, text, labels) item from TF-IDF + logistic regression.
+
+    The training data is the pool and the scored items together (an item in both counts once, with its scored
+    labels); they are split into folds by id, and a scored item's probabilities come from the classifier trained on
+    the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
+    """
+    data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
+    for i, t, labs in scored:
+        data[i] = (t, labs)
+    ids = list(data)
+    fold = dict(zip(ids, fold_ids(ids, folds, seed)))
+    index = {lab: j for j, lab in enumerate(labels)}
+    out = np.zeros((len(scored), len(labels)))
+    by_fold: dict[int, list[int]] = {}
+    for n, (i, _, _) in enumerate(scored):
+        by_fold.setdefault(int(fold[i]), []).append(n)
+    for f, rows in sorted(by_fold.items()):
+        train = [i for i in ids if fold[i] != f]
+        texts = [data[i][0] for i in train]
+        test_texts = [scored[n][1] for n in rows]
+        model = _corpus_model(seed, len(train))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+            warnings.filterwarnings("ignore", message="Maximum number of iteration")
+            if mode == "single":
+                X = [t for t, i in zip(texts, train) for _ in data[i][1]]
+                y = [index[lab] for i in train for lab in data[i][1]]  # a multi-labeled pool item: one row per label
+                if len(set(y)) < 2:
+                    out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
+                    continue
+                model.fit(X, y)
+                probs = model.predict_proba(test_texts)
+                out[np.ix_(rows, model.classes_)] = probs  # a label absent from training keeps probability 0
+            else:
+                model.fit(texts, binarize([data[i][1] for i in train], labels))
+                out[rows] = model.predict_proba(test_texts)
+    return out
+
+
+def ensemble_cross_fitted(P_llm: np.ndarray, P_corpus: np.ndarray, Y: np.ndarray, folds: np.ndarray,
+                          mode: Mode) -> tuple[np.ndarray, list[float]]:
+    """`w * llm + (1 - w) * corpus` per item, w chosen by log loss on the other folds; and each fold's w."""
+    Q = np.empty_like(P_llm)
+    weights = []
+    for f in np.unique(folds):
+        test = folds == f
+        train = ~test
+        if train.sum():
+            w = min(WEIGHTS, key=lambda w: _log_loss(w * P_llm[train] + (1 - w) * P_corpus[train], Y[train], mode))
+        else:
+            w = 0.5
+        Q[test] = w * P_llm[test] + (1 - w) * P_corpus[test]
+        weights.append(w)
+    return Q, weights
+
+
+def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Sequence[str], mode: Mode) -> np.ndarray:
+    """cleanlab's label-quality score of each item's existing labels (lower: likelier an error)."""
+    index = {lab: j for j, lab in enumerate(labels)}
+    if mode == "single":
+        from cleanlab.rank import get_label_quality_scores
+
+        P = np.clip(P, 0.0, 1.0)
+        P = P / P.sum(1, keepdims=True)
+        return get_label_quality_scores(np.array([index[s[0]] for s in label_sets]), P)
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
+
+    return multi_scores([[index[x] for x in s] for s in label_sets], np.clip(P, 0.0, 1.0))
+
+
+def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[list[str]]:
+    """Suggested labels: the most probable; in multi mode also the others with probability >= 0.5 (at most 3)."""
+    out = []
+    for row in P:
+        order = np.argsort(-row, kind="stable")
+        pick = [labels[order[0]]]
+        if mode == "multi":
+            pick += [labels[j] for j in order[1:max_labels] if row[j] >= 0.5]
+        out.append(pick)
+    return out
+
+
+@dataclass
+class TriageRow:
+    """One scored item of label_issues.csv."""
+
+    id: str
+    text: str
+    existing_labels: list[str]
+    suggested_labels: list[str]
+    issue_score: float
+    existing_label_probs: dict[str, float]
+    source: str
+
+
+@dataclass
+class Triage:
+    """The ranked items (likeliest error first), which source ranked, and the calibration figures."""
+
+    rows: list[TriageRow]
+    source: str
+    requested: str
+    mode: Mode
+    notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    ensemble_weights: list[float] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """What report.json records about the triage."""
+        return {"source": self.source, "requested": self.requested, "mode": self.mode, "items": len(self.rows),
+                "folds": FOLDS, "notes": self.notes, "calibration": self.calibration,
+                "ensemble_llm_weight_per_fold": self.ensemble_weights}
+
+
+def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
+           source: Source = "ensemble", *, seed: int = 0) -> Triage:
+    """Rank labeled items by how likely their existing labels are wrong.
+
+    `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None).
+    `pool`: (id, text, labels) of the example pool, training data for the corpus classifier.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
+    labels = list(labels)
+    items = [r for r in items if r.get("gold")]
+    if not items:
+        return Triage([], source, source, "single", ["no item has existing labels: nothing to rank"])
+    gold = [list(r["gold"]) for r in items]
+    mode = mode_of(gold)
+    Y = binarize(gold, labels)
+    ids = [r["id"] for r in items]
+    folds = fold_ids(ids, FOLDS, seed)
+    has_llm = np.array([r.get("label_probs") is not None for r in items])
+    notes: list[str] = []
+    used = source
+    if source in ("llm", "ensemble") and not has_llm.any():
+        notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
+        used = "corpus"
+    P_llm = Q_llm = None
+    calibration = None
+    if has_llm.any():
+        P_llm = np.array([[r["label_probs"].get(lab, 0.0) for lab in labels] if r.get("label_probs") else [0.0] * len(labels)
+                          for r in items])
+        if mode == "single":
+            sums = P_llm.sum(1, keepdims=True)
+            P_llm = np.where(sums > 0, P_llm / np.where(sums > 0, sums, 1), P_llm)
+        Q_llm = P_llm.copy()
+        Q_llm[has_llm], params = calibrate_cross_fitted(P_llm[has_llm], Y[has_llm], folds[has_llm], mode)
+        raw = expected_calibration_error(*top_label_confidence(P_llm[has_llm], Y[has_llm]))
+        cal = expected_calibration_error(*top_label_confidence(Q_llm[has_llm], Y[has_llm]))
+        calibration = {"method": "temperature scaling" if mode == "single" else "Platt scaling of per-label log-odds",
+                       "cross_fitted_folds": FOLDS, "items": int(has_llm.sum()), "ece_raw": raw[0], "ece": cal[0],
+                       "reliability_raw": raw[1], "reliability": cal[1], "params_per_fold": params}
+    P_corpus = None
+    if used in ("corpus", "ensemble"):
+        P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)
+    weights = None
+    per_row_source = [used] * len(items)
+    if used == "llm":
+        P = Q_llm.copy()
+        missing = ~has_llm
+        if missing.any():
+            P[missing] = corpus_probabilities([(ids[i], items[i]["text"], gold[i]) for i in np.flatnonzero(missing)], pool,
+                                              labels, mode, seed=seed)
+            notes.append(f"{int(missing.sum())} item(s) without label_probs ranked by corpus")
+            for i in np.flatnonzero(missing):
+                per_row_source[i] = "corpus"
+    elif used == "corpus":
+        P = P_corpus
+    else:
+        P = P_corpus.copy()
+        P[has_llm], weights = ensemble_cross_fitted(Q_llm[has_llm], P_corpus[has_llm], Y[has_llm], folds[has_llm], mode)
+        if (~has_llm).any():
+            notes.append(f"{int((~has_llm).sum())} item(s) without label_probs ranked by corpus alone")
+            for i in np.flatnonzero(~has_llm):
+                per_row_source[i] = "corpus"
+    quality = label_quality(P, gold, labels, mode)
+    suggested = suggest(P, labels, mode)
+    index = {lab: j for j, lab in enumerate(labels)}
+    rows = [TriageRow(ids[i], items[i]["text"], gold[i], suggested[i], float(min(1.0, max(0.0, 1.0 - quality[i]))),
+                      {lab: float(P[i, index[lab]]) for lab in gold[i]}, per_row_source[i]) for i in range(len(items))]
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].issue_score, rows[i].id))
+    return Triage([rows[i] for i in order], used, source, mode, notes, calibration, weights)
+
+
+def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
+               *, seed: int = 0) -> Triage:
+    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs)."""
+    items = [{**r, "label_probs": r.get("label_probs") if r.get("status") == "ok" else None} for r in rows if r.get("gold")]
+    pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
+    return triage(items, labels, pool_items, source, seed=seed)
