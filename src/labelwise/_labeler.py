@@ -15,6 +15,7 @@ from ._cache import ResponseCache, stable_hash
 from ._corpus import Corpus, item_id, load_corpus, normalize_text
 from ._examples import make_selector
 from ._exceptions import ModelError, TransportError
+from ._io import bundled
 from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
@@ -23,7 +24,7 @@ from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["Labeler", "LabelerConfig", "DEFAULT_CORPUS", "run_sync"]
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "policy_labels.tsv"
+DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
 T = TypeVar("T")
 
 
