@@ -228,7 +228,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    summary = write_run_outputs(run_dir, rows)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
