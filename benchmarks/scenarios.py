@@ -397,7 +397,91 @@ def s8_memory(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def _rank_figures(scores: list[float], corrupted: list[bool]) -> tuple[float, float, float]:
+    """precision@N, recall@2N (N = number corrupted) and AUROC of an issue score at finding the corrupted items."""
+    from sklearn.metrics import roc_auc_score
+
+    n = sum(corrupted)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep input order
+    hits = [corrupted[i] for i in order]
+    return sum(hits[:n]) / n, sum(hits[: 2 * n]) / n, float(roc_auc_score(corrupted, scores))
+
+
+def s9_label_noise(ctx: Ctx) -> list[Row]:
+    """Injected label noise: 10% of the eval split's labels replaced; rankings (a)-(d) at finding them (embedded model)."""
+    from labelwise import RelabelConfig, load_taxonomy, relabel
+    from labelwise._labeler import LabelerConfig
+    from labelwise._triage import calibration_of, triage
+
+    split = json.loads((ROOT / "evals" / "policy.split.json").read_text(encoding="utf-8"))["ids"]
+    n = 40 if ctx.quick else len(split)
+    index = corpus().by_id()
+    test = [index[i] for i in split[:n]]
+    pool = corpus().without(split)  # the eval's example pool: the whole split held out
+    labels = list(load_taxonomy(TAXONOMY).labels)
+    rng = random.Random(9)
+    bad = set(rng.sample(range(n), n // 10))
+    noisy = [[rng.choice([lab for lab in labels if lab not in it.labels])] if k in bad else list(it.labels)
+             for k, it in enumerate(test)]
+    data, pool_path, out = ctx.tmp / "s9-input.tsv", ctx.tmp / "s9-pool.tsv", ctx.tmp / "s9-run"
+    data.write_text("".join(f"{lab}\t{it.text}\n" for it, labs in zip(test, noisy) for lab in labs), encoding="utf-8")
+    pool_path.write_text("".join(f"{lab}\t{it.text}\n" for it in pool.items for lab in it.labels), encoding="utf-8")
+    t0 = time.perf_counter()
+    result = relabel(RelabelConfig(input=str(data), out=str(out), labeler=LabelerConfig(
+        model="local", examples=str(pool_path), shots=8, strategy="similar", concurrency=1)), progress=False)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    by_id = {r["id"]: r for r in rows}
+    rows = [by_id[it.id] for it in test]
+    corrupted = [k in bad for k in range(n)]
+    pos = {it.id: k for k, it in enumerate(test)}
+
+    def scores_of(t) -> list[float]:
+        s = [0.0] * n
+        for r in t.rows:
+            s[pos[r.id]] = r.issue_score
+        return s
+
+    # (a) today's ordering: disagreements (top-1 not an existing label) surest first, then agreements least sure first
+    today = [(0.5 + 0.5 * (r["confidence"] or 0)) if r["status"] == "ok" and r["labels"][0] not in r["gold"]
+             else 0.5 - 0.5 * (r["confidence"] or 0) for r in rows]
+    pool_items = [(it.id, it.text, it.labels) for it in pool.items]
+    ranked = {"(a) disagreements, surest first": (today, "today's relabel output"),
+              "(b) cleanlab on TF-IDF + LR": (scores_of(triage(rows, labels, pool_items, "corpus")), "")}
+    llm = triage(rows, labels, pool_items, "llm")
+    ranked["(c) cleanlab on the LLM, calibrated"] = (scores_of(llm), f"source used: {llm.source}")
+    issues = __import__("pandas").read_csv(out / "label_issues.csv", encoding="utf-8-sig")
+    default = {i: s for i, s in zip(issues["id"], issues["issue_score"])}
+    t = result["triage"]
+    ranked["(d) ensemble (default: label_issues.csv)"] = ([default[it.id] for it in test],
+                                                          f"source used: {t['source']}; LLM weight per fold "
+                                                          f"{t['ensemble_llm_weight_per_fold']}")
+    figures = {name: _rank_figures(s, corrupted) for name, (s, _) in ranked.items()}
+    anchor = max(figures["(a) disagreements, surest first"][2], figures["(b) cleanlab on TF-IDF + LR"][2])
+    out_rows = []
+    for name, (p_at_n, r_at_2n, auroc) in figures.items():
+        is_default = name.startswith("(d)")
+        out_rows.append(Row("9 label noise (10% of eval split)", name,
+                            f"P@{len(bad)} {p_at_n:.2f}, R@{2 * len(bad)} {r_at_2n:.2f}, AUROC {auroc:.3f}",
+                            f"AUROC > {anchor:.3f}, P@N >= 0.60" if is_default else "",
+                            f"{auroc / anchor:.0%}" if is_default else "",
+                            verdict(auroc > anchor and p_at_n >= 0.6) if is_default else "", ranked[name][1]))
+    clean_cal = calibration_of([r.get("label_probs") if r["status"] == "ok" else None for r in rows],
+                               [list(it.labels) for it in test], labels, [it.id for it in test])
+    failed = sum(r["status"] != "ok" for r in rows)
+    if clean_cal:
+        out_rows.append(Row("9 label noise (10% of eval split)", "calibration of the LLM's label_probs (clean labels)",
+                            f"ECE {clean_cal['ece']:.3f} (raw {clean_cal['ece_raw']:.3f})", "ECE <= 0.05",
+                            pct(clean_cal["ece"] / 0.05), verdict(clean_cal["ece"] <= 0.05),
+                            f"{clean_cal['method']}, cross-fitted over {clean_cal['cross_fitted_folds']} folds, "
+                            f"{clean_cal['items']} items; relabel of {n} texts took {seconds:.0f} s, failed {failed}"))
+    else:
+        out_rows.append(Row("9 label noise (10% of eval split)", "calibration of the LLM's label_probs", "no label_probs",
+                            "ECE <= 0.05", "", "MISS", f"the model gave no per-label probabilities; failed {failed}"))
+    return out_rows
+
+
 SCENARIOS: dict[int, Callable[[Ctx], list[Row]]] = {
     1: s1_throughput, 2: s2_rate_limit, 3: s3_faults, 4: s4_items_per_request,
-    5: s5_cache_rerun, 6: s6_startup, 7: s7_local_model, 8: s8_memory,
+    5: s5_cache_rerun, 6: s6_startup, 7: s7_local_model, 8: s8_memory, 9: s9_label_noise,
 }

@@ -23,6 +23,7 @@ _EXPORTS = {
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
     "._evals": ["run_eval", "EvalSpec"],
+    "._triage": ["triage", "Triage", "TriageRow", "Calibrator"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",

@@ -166,6 +166,7 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     from ._labeler import Labeler
     from ._metrics import score, scored_labels
     from ._runner import Progress, cost_of, load_prices
+    from ._triage import calibration_of
 
     spec, root = load_spec(spec_path)
     corpus = load_corpus(_resolve(root, spec.dataset))
@@ -214,6 +215,8 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
         preds_by_variant[name] = [p.labels if p.status == "ok" else None for p in preds]
         rows.append(_row(name, v.model_dump(), metrics, len(preds) - len(ok), len(test), usage, cost, seconds,
                          sum(p.cached for p in preds), labeler.prompt.ref))
+        rows[-1]["calibration"] = calibration_of([preds[i].label_probs for i in ok], g_ok, classes,
+                                                 [preds[i].id for i in ok])
     if spec.baseline and (not only or BASELINE in only):
         t0 = time.monotonic()
         base = _baseline(pool, test, classes)
@@ -286,19 +289,26 @@ def _fmt(m: dict[str, Any] | None, key: str) -> str:
     return f"{m[key]:.3f}" + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else "")
 
 
+def _ece(row: dict[str, Any]) -> str:
+    cal = row.get("calibration")
+    return "n/a" if not cal else f"{cal['ece']:.3f} [{cal['ece_raw']:.3f}]"
+
+
 def leaderboard_markdown(result: dict[str, Any]) -> str:
     """The leaderboard as a markdown table, then the paired comparisons."""
     s = result["split"]
     lines = [f"# Leaderboard: {result['spec']}", "",
              f"Held-out texts: {s['held_out']} (split `{s['file']}`, seed {s['seed']}); example pool: {s['pool']} texts "
              f"(held-out texts and identical texts excluded). Sorted by {result['primary']}; 95% bootstrap CIs.", "",
-             "| variant | top-1 acc | micro-F1 | macro-F1 | samples Jaccard | kappa | alpha | failed | tokens/1k items | cost/1k items (USD) | s/item |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ECE: expected calibration error of the top label's probability after cross-fitted calibration (raw in "
+             "brackets); n/a where the model gives no per-label probabilities.", "",
+             "| variant | top-1 acc | micro-F1 | macro-F1 | samples Jaccard | kappa | alpha | ECE | failed | tokens/1k items | cost/1k items (USD) | s/item |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         m = r["metrics"]
         cost = "n/a" if r["cost_per_1k_items"] is None else f"{r['cost_per_1k_items']:.4f}"
         lines.append(f"| {r['variant']} | {_fmt(m, 'top1_accuracy')} | {_fmt(m, 'micro_f1')} | {_fmt(m, 'macro_f1')} | "
-                     f"{_fmt(m, 'samples_jaccard')} | {_fmt(m, 'cohen_kappa')} | {_fmt(m, 'krippendorff_alpha')} | "
+                     f"{_fmt(m, 'samples_jaccard')} | {_fmt(m, 'cohen_kappa')} | {_fmt(m, 'krippendorff_alpha')} | {_ece(r)} | "
                      f"{r['failed']}/{r['n']} | {r['tokens_per_1k_items']:,.0f} | {cost} | {r['seconds_per_item']:.3f} |")
     if result["comparisons"]:
         lines += ["", f"## Paired comparison: best ({result['comparisons'][0]['best']}) vs each other variant", "",

@@ -122,7 +122,7 @@ class Labeler:
         else:
             raise ValueError("give a taxonomy file or an example corpus to take the label set from")
         if self.pool is not None:
-            self.taxonomy.check(self.pool.labels, where=self.pool.path)
+            self.taxonomy.check_items(self.pool.items, where=self.pool.path)
         self.prompt = prompt if isinstance(prompt, PromptSpec) else load_prompt(prompt)
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         if isinstance(model, Model):

@@ -132,8 +132,22 @@ def _csv(df) -> bytes:
     return df.to_csv(index=False).encode("utf-8-sig")  # BOM so spreadsheet apps read the Chinese text right
 
 
-def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """labels.csv, disagreements.csv, report.json and report.html for a finished run."""
+LABEL_ISSUE_COLUMNS = ("id", "text", "existing_labels", "suggested_labels", "issue_score", "existing_label_probs", "source")
+
+
+def label_issues_table(triage):
+    """label_issues.csv as a DataFrame: every scored item, likeliest error first; labels `|`-joined."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "id": r.id, "text": r.text, "existing_labels": "|".join(r.existing_labels),
+        "suggested_labels": "|".join(r.suggested_labels), "issue_score": round(r.issue_score, 6),
+        "existing_label_probs": "|".join(f"{lab}={p:.3f}" for lab, p in r.existing_label_probs.items()), "source": r.source,
+    } for r in triage.rows], columns=list(LABEL_ISSUE_COLUMNS))
+
+
+def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) -> dict[str, Any]:
+    """labels.csv, disagreements.csv, label_issues.csv (given a triage), report.json and report.html for a run."""
     import pandas as pd
 
     from ._metrics import confusion, score, scored_labels
@@ -167,12 +181,56 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, An
             plot_confusion(confusion(gold, pred, all_labels), Path(tmp) / "confusion.png")
             png = (Path(tmp) / "confusion.png").read_bytes()
         atomic_write_bytes(run_dir / "confusion.png", png)
-    atomic_write_json(run_dir / "report.json", {"counts": counts, "metrics": metrics})
-    atomic_write_text(run_dir / "report.html", _html(counts, metrics, png, dis.head(100)))
-    return {"counts": counts, "metrics": metrics}
+    report = {"counts": counts, "metrics": metrics}
+    if triage is not None:
+        atomic_write_bytes(run_dir / "label_issues.csv", _csv(label_issues_table(triage)))
+        report["triage"] = triage.summary()
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.html", _html(counts, metrics, png, dis.head(100), _triage_html(triage) if triage else ""))
+    return {"counts": counts, "metrics": metrics, "triage": report.get("triage")}
 
 
-def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | None, dis) -> str:
+def _reliability_svg(bins: list[dict[str, Any]]) -> str:
+    """A reliability diagram: accuracy per confidence bin (bars) against the diagonal of perfect calibration."""
+    w = h = 200
+    bars = []
+    for b in bins:
+        if b["n"]:
+            x, bw, bh = b["low"] * w, (b["high"] - b["low"]) * w, b["accuracy"] * h
+            bars.append(f"<rect x='{x:.1f}' y='{h - bh:.1f}' width='{bw - 1:.1f}' height='{bh:.1f}' fill='#4a7ebb'/>")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' aria-label='reliability diagram'>"
+            f"<rect width='{w}' height='{h}' fill='#fff' stroke='#999'/>{''.join(bars)}"
+            f"<line x1='0' y1='{h}' x2='{w}' y2='0' stroke='#c33' stroke-dasharray='4'/></svg>")
+
+
+def _triage_html(triage, top: int = 50) -> str:
+    """The label-issue section: which source ranked, calibration (ECE, reliability diagram), the top rows."""
+    e = html.escape
+    parts = [f"<h2>Likeliest label errors (ranked by {e(triage.source)}, cleanlab label quality; {len(triage.rows)} items)</h2>"]
+    parts += [f"<p>{e(note)}</p>" for note in triage.notes]
+    cal = triage.calibration
+    if cal:
+        parts.append(f"<h3>Calibration of the model's label probabilities ({e(cal['method'])}, cross-fitted over "
+                     f"{cal['cross_fitted_folds']} folds, {cal['items']} items)</h3><p>ECE {cal['ece']:.4f} after calibration, "
+                     f"{cal['ece_raw']:.4f} before (top label's probability vs whether it is an existing label).</p>")
+        parts.append(_reliability_svg(cal["reliability"]))
+        parts.append("<table><tr><th>confidence bin</th><th>items</th><th>mean confidence</th><th>accuracy</th></tr>")
+        for b in cal["reliability"]:
+            if b["n"]:
+                parts.append(f"<tr><td>{b['low']:.1f}–{b['high']:.1f}</td><td class=num>{b['n']}</td>"
+                             f"<td class=num>{b['confidence']:.3f}</td><td class=num>{b['accuracy']:.3f}</td></tr>")
+        parts.append("</table>")
+    parts.append("<table><tr><th>issue score</th><th>id</th><th>text</th><th>existing</th><th>suggested</th>"
+                 "<th>p(existing)</th><th>source</th></tr>")
+    for _, r in label_issues_table(triage).head(top).iterrows():
+        parts.append(f"<tr><td class=num>{r['issue_score']:.3f}</td><td>{e(str(r['id']))}</td><td>{e(str(r['text']))}</td>"
+                     f"<td>{e(str(r['existing_labels']))}</td><td>{e(str(r['suggested_labels']))}</td>"
+                     f"<td>{e(str(r['existing_label_probs']))}</td><td>{e(str(r['source']))}</td></tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | None, dis, triage_html: str = "") -> str:
     e = html.escape
     parts = ["<!doctype html><html lang='zh'><meta charset='utf-8'><title>labelwise relabel report</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
@@ -196,6 +254,7 @@ def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | N
     if png:
         parts.append("<h2>Confusion (existing label × predicted top-1)</h2>"
                      f"<img alt='confusion heatmap' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts.append(triage_html)
     parts.append("<h2>Top disagreements (model surest first)</h2><table><tr><th>id</th><th>text</th><th>existing</th>"
                  "<th>model</th><th>confidence</th></tr>")
     for _, r in dis.iterrows():

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,7 @@ class RelabelConfig(BaseModel):
     seed: int = 0
     force: bool = False
     prices: str | None = None
+    triage: Literal["llm", "corpus", "ensemble"] = "ensemble"
     labeler: LabelerConfig = Field(default_factory=LabelerConfig)
 
 
@@ -190,7 +191,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         **lcfg.model_dump(exclude={"model", "examples", "taxonomy", "prompt"}),
     )
     if corpus.labeled:
-        labeler.taxonomy.check(corpus.labels, where=cfg.input)
+        labeler.taxonomy.check_items(corpus.items, where=cfg.input)
     prices = load_prices(cfg.prices)
     if dry_run:
         return _dry_run(cfg, corpus, items, labeler, prices)
@@ -228,7 +229,12 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows)
+    triage = None
+    if corpus.labeled:
+        from ._triage import triage_run
+
+        triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed)
+    summary = write_run_outputs(run_dir, rows, triage)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
@@ -251,7 +257,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
-    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"]}
+    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"], "triage": summary["triage"]}
 
 
 def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, prices) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ._exceptions import TaxonomyError
 from ._io import parse_yaml
@@ -39,6 +40,19 @@ class Taxonomy:
         unknown = sorted(set(labels) - set(self.labels))
         if unknown:
             raise TaxonomyError(f"labels not in the taxonomy: {unknown}", path=where)
+
+    def check_items(self, items: Iterable[Any], *, where: str | None = None) -> None:
+        """Raise naming the first line (and item) whose existing label is outside the taxonomy, and how many more."""
+        bad = [(it, lab) for it in items for lab in it.labels if lab not in self.labels]
+        if not bad:
+            return
+        it, lab = min(bad, key=lambda b: b[0].lines[0] if b[0].lines else 0)
+        more = ""
+        if len(bad) > 1:
+            others = sorted({b[1] for b in bad} - {lab})
+            more = f"; {len(bad) - 1} more such label(s) elsewhere" + (f", e.g. {others[:5]}" if others else "")
+        raise TaxonomyError(f"existing label {lab!r} is not in the taxonomy{more}", path=where,
+                            line=it.lines[0] if it.lines else None, item_id=it.id)
 
     def describe(self) -> str:
         """One line per label, `label：definition` where a definition exists."""

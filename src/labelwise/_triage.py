@@ -13,8 +13,8 @@ Two modes, decided by the existing labels. `single`: every scored item has exact
 distribution over the taxonomy (rows sum to 1), the corpus classifier is a multinomial logistic regression, the
 calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`. `multi`: some item
 has several labels; each label gets its own probability of applying (rows need not sum to 1), the corpus classifier
-is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope and
-intercept shared by all labels), and the ranking is `cleanlab.multilabel_classification.rank.get_label_quality_scores`.
+is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope, one
+intercept and one shift for the item's top label, shared by all labels), and the ranking is `cleanlab.multilabel_classification.rank.get_label_quality_scores`.
 
 No item is scored by a model that saw its label. Items are split into K folds by a seeded hash of their id (never of
 their labels). For an item in fold f, the calibrator and the corpus classifier are fitted on the other folds only.
@@ -35,12 +35,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ._corpus import Corpus
-from ._exceptions import TaxonomyError
 from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
-           "ensemble_cross_fitted", "label_quality", "triage", "triage_run",
-           "check_existing_labels"]
+           "ensemble_cross_fitted", "label_quality", "calibrate_llm",
+           "calibration_of", "triage", "triage_run"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
@@ -48,19 +47,6 @@ SOURCES: tuple[str, ...] = ("llm", "corpus", "ensemble")
 FOLDS = 5
 WEIGHTS = tuple(i / 10 for i in range(11))
 _EPS = 1e-6
-
-
-def check_existing_labels(corpus: Corpus, labels: Iterable[str], *, where: str | None = None) -> None:
-    """Raise naming the first line whose existing label is outside the taxonomy (and how many more there are)."""
-    known = set(labels)
-    bad = [(it, lab) for it in corpus.items for lab in it.labels if lab not in known]
-    if not bad:
-        return
-    it, lab = min(bad, key=lambda b: b[0].lines[0] if b[0].lines else 0)
-    others = sorted({b[1] for b in bad} - {lab})
-    more = f"; {len(bad) - 1} more such label(s) elsewhere" + (f", e.g. {others[:5]}" if others else "") if len(bad) > 1 else ""
-    raise TaxonomyError(f"existing label {lab!r} is not in the taxonomy{more}", path=where or corpus.path,
-                        line=it.lines[0] if it.lines else None, item_id=it.id)
 
 
 def mode_of(label_sets: Sequence[Sequence[str]]) -> Mode:
@@ -100,7 +86,7 @@ class Calibrator:
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
         self.temperature = 1.0
-        self.slope, self.intercept = 1.0, 0.0
+        self.slope, self.intercept, self.top_shift = 1.0, 0.0, 0.0
 
     def fit(self, P: np.ndarray, Y: np.ndarray) -> Calibrator:
         """Fit on probabilities P and the 0/1 existing labels Y (items x labels)."""
@@ -112,26 +98,28 @@ class Calibrator:
 
             self.temperature = float(math.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
         else:
-            z = self._logit(P).ravel()
+            z, top = self._logit(P).ravel(), self._top(P).ravel()
             y = Y.ravel()
 
-            def nll2(ab: np.ndarray) -> float:
-                s = ab[0] * z + ab[1]
+            def nll2(abc: np.ndarray) -> float:
+                s = abc[0] * z + abc[1] + abc[2] * top
                 return float(np.mean(np.logaddexp(0, s) - y * s))
 
-            res = minimize(nll2, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.01, 20.0), (-20.0, 20.0)])
-            self.slope, self.intercept = float(res.x[0]), float(res.x[1])
+            res = minimize(nll2, np.array([1.0, 0.0, 0.0]), method="L-BFGS-B",
+                           bounds=[(0.01, 20.0), (-20.0, 20.0), (-20.0, 20.0)])
+            self.slope, self.intercept, self.top_shift = (float(x) for x in res.x)
         return self
 
     def transform(self, P: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, same shape."""
         if self.mode == "single":
             return self._softmax(P, self.temperature)
-        return 1 / (1 + np.exp(-(self.slope * self._logit(P) + self.intercept)))
+        return 1 / (1 + np.exp(-(self.slope * self._logit(P) + self.intercept + self.top_shift * self._top(P))))
 
     def params(self) -> dict[str, float]:
         """The fitted parameters, for the report."""
-        return {"temperature": self.temperature} if self.mode == "single" else {"slope": self.slope, "intercept": self.intercept}
+        return {"temperature": self.temperature} if self.mode == "single" else {"slope": self.slope, "intercept": self.intercept,
+                                                                              "top_shift": self.top_shift}
 
     @staticmethod
     def _softmax(P: np.ndarray, t: float) -> np.ndarray:
@@ -139,6 +127,13 @@ class Calibrator:
         z -= z.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
+
+    @staticmethod
+    def _top(P: np.ndarray) -> np.ndarray:
+        """1 for each item's most probable label: every item has at least one label, so its top label's odds differ."""
+        T = np.zeros_like(P, dtype=np.float64)
+        T[np.arange(len(P)), P.argmax(1)] = 1.0
+        return T
 
     @staticmethod
     def _logit(P: np.ndarray) -> np.ndarray:
@@ -258,6 +253,34 @@ def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 
     return out
 
 
+def calibrate_llm(label_probs: Sequence[dict[str, float] | None], Y: np.ndarray, folds: np.ndarray, labels: Sequence[str],
+                  mode: Mode) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """Cross-fitted calibrated probabilities (rows without label_probs left 0) and the calibration report, or Nones."""
+    has = np.array([p is not None for p in label_probs])
+    if not has.any():
+        return None, None
+    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [0.0] * len(labels) for p in label_probs])
+    if mode == "single":
+        sums = P.sum(1, keepdims=True)
+        P = np.divide(P, sums, out=P.copy(), where=sums > 0)
+    Q = P.copy()
+    Q[has], params = calibrate_cross_fitted(P[has], Y[has], folds[has], mode)
+    raw = expected_calibration_error(*top_label_confidence(P[has], Y[has]))
+    cal = expected_calibration_error(*top_label_confidence(Q[has], Y[has]))
+    return Q, {"method": "temperature scaling" if mode == "single" else "Platt scaling of per-label log-odds (+ top-label shift)",
+               "cross_fitted_folds": FOLDS, "items": int(has.sum()), "ece_raw": raw[0], "ece": cal[0],
+               "reliability_raw": raw[1], "reliability": cal[1], "params_per_fold": params}
+
+
+def calibration_of(label_probs: Sequence[dict[str, float] | None], gold: Sequence[Sequence[str]], labels: Sequence[str],
+                   ids: Sequence[str], *, seed: int = 0) -> dict[str, Any] | None:
+    """The cross-fitted calibration report (ECE before/after, reliability bins) of labeled predictions, or None."""
+    if not gold:
+        return None
+    mode = mode_of(gold)
+    return calibrate_llm(label_probs, binarize(gold, labels), fold_ids(ids, FOLDS, seed), labels, mode)[1]
+
+
 @dataclass
 class TriageRow:
     """One scored item of label_issues.csv."""
@@ -314,21 +337,7 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     if source in ("llm", "ensemble") and not has_llm.any():
         notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
         used = "corpus"
-    P_llm = Q_llm = None
-    calibration = None
-    if has_llm.any():
-        P_llm = np.array([[r["label_probs"].get(lab, 0.0) for lab in labels] if r.get("label_probs") else [0.0] * len(labels)
-                          for r in items])
-        if mode == "single":
-            sums = P_llm.sum(1, keepdims=True)
-            P_llm = np.where(sums > 0, P_llm / np.where(sums > 0, sums, 1), P_llm)
-        Q_llm = P_llm.copy()
-        Q_llm[has_llm], params = calibrate_cross_fitted(P_llm[has_llm], Y[has_llm], folds[has_llm], mode)
-        raw = expected_calibration_error(*top_label_confidence(P_llm[has_llm], Y[has_llm]))
-        cal = expected_calibration_error(*top_label_confidence(Q_llm[has_llm], Y[has_llm]))
-        calibration = {"method": "temperature scaling" if mode == "single" else "Platt scaling of per-label log-odds",
-                       "cross_fitted_folds": FOLDS, "items": int(has_llm.sum()), "ece_raw": raw[0], "ece": cal[0],
-                       "reliability_raw": raw[1], "reliability": cal[1], "params_per_fold": params}
+    Q_llm, calibration = calibrate_llm([r.get("label_probs") for r in items], Y, folds, labels, mode)
     P_corpus = None
     if used in ("corpus", "ensemble"):
         P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)

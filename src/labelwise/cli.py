@@ -95,6 +95,7 @@ def relabel(
     prices: Optional[Path] = typer.Option(None, "--prices", help="YAML price table override (USD per 1M tokens)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="call no model: count, show one prompt, estimate tokens and cost"),
     force: bool = typer.Option(False, "--force", help="start over in a run directory made with other settings"),
+    triage: str = typer.Option("ensemble", "--triage", help="what ranks label_issues.csv: llm | corpus | ensemble"),
     no_cache: bool = NoCacheOpt,
     structured: str = StructuredOpt,
 ) -> None:
@@ -110,7 +111,8 @@ def relabel(
                              multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
                              items_per_request=items_per_request, cache=not no_cache, structured=structured)
         cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, skip_bad=skip_bad, limit=limit,
-                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg)
+                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, triage=triage,
+                            labeler=lcfg)
         result = run(cfg, dry_run=dry_run)
     except (LabelwiseError, ValueError) as err:
         _fail(err)
@@ -133,6 +135,11 @@ def relabel(
                f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
     if result["metrics"]:
         typer.echo(agreement_table({**result["metrics"], "counts": None}))
+    t = result.get("triage")
+    if t and t["items"]:
+        typer.echo(f"likeliest label errors: {result['run_dir']}/label_issues.csv (ranked by {t['source']})")
+        for note in t["notes"]:
+            typer.echo(f"note: {note}", err=True)
     typer.echo(f"review: {result['run_dir']}/disagreements.csv, {result['run_dir']}/report.html")
     if c["failed"]:
         typer.echo(f"{c['failed']} texts failed; run the same command again to retry them", err=True)
