@@ -13,6 +13,7 @@ from labelwise._metrics import expected_calibration_error, top_label_confidence
 from labelwise._report import LABEL_ISSUE_COLUMNS
 from labelwise._triage import (
     FOLDS,
+    MULTI_AGGREGATOR,
     binarize,
     calibrate_cross_fitted,
     corpus_probabilities,
@@ -156,7 +157,7 @@ def test_ranking_is_cleanlabs_own_on_the_calibrated_probabilities(mode):
     else:
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
-        quality = get_label_quality_scores([[index[x] for x in g] for g in gold], Q)
+        quality = get_label_quality_scores([[index[x] for x in g] for g in gold], Q, aggregator_kwargs=MULTI_AGGREGATOR)
     expected = sorted(range(len(ids)), key=lambda i: (quality[i], ids[i]))
     assert result.mode == mode and result.source == "llm"
     assert [r.id for r in result.rows] == [ids[i] for i in expected]

@@ -14,7 +14,8 @@ distribution over the taxonomy (rows sum to 1), the corpus classifier is a multi
 calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`. `multi`: some item
 has several labels; each label gets its own probability of applying (rows need not sum to 1), the corpus classifier
 is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope, one
-intercept and one shift for the item's top label, shared by all labels), and the ranking is `cleanlab.multilabel_classification.rank.get_label_quality_scores`.
+intercept and one shift for the item's top label, shared by all labels), and the ranking is
+`cleanlab.multilabel_classification.rank.get_label_quality_scores` (aggregated by softmin, see MULTI_AGGREGATOR).
 
 No item is scored by a model that saw its label. Items are split into K folds by a seeded hash of their id (never of
 their labels). For an item in fold f, the calibrator and the corpus classifier are fitted on the other folds only.
@@ -46,6 +47,12 @@ Mode = Literal["single", "multi"]
 SOURCES: tuple[str, ...] = ("llm", "corpus", "ensemble")
 FOLDS = 5
 WEIGHTS = tuple(i / 10 for i in range(11))
+# How cleanlab's multi-label score combines an item's per-label scores: softmin at a low temperature, i.e. close to
+# its worst label. Chosen on 10% noise injected into three 200-item samples of the bundled pool (never the eval
+# split), corpus classifier: the default (exponential moving average, alpha 0.8) found the corrupted items at mean
+# AUROC 0.909 and precision@N 0.38; softmin at 0.05, 0.957 and 0.68. The default also counts every label the
+# model finds likely but nobody assigned as evidence of an error, and this corpus' label sets are often incomplete.
+MULTI_AGGREGATOR: dict[str, Any] = {"method": "softmin", "temperature": 0.05}
 _EPS = 1e-6
 
 
@@ -238,7 +245,7 @@ def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Se
         return get_label_quality_scores(np.array([index[s[0]] for s in label_sets]), P)
     from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
 
-    return multi_scores([[index[x] for x in s] for s in label_sets], np.clip(P, 0.0, 1.0))
+    return multi_scores([[index[x] for x in s] for s in label_sets], np.clip(P, 0.0, 1.0), aggregator_kwargs=MULTI_AGGREGATOR)
 
 
 def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[list[str]]:
