@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ._prompts import LABEL_JOINER
 
-__all__ = ["Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence"]
+__all__ = ["Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence",
+           "labels_from_probs"]
 
 
 class Prediction(BaseModel):
@@ -157,3 +158,11 @@ def label_confidence(text: str, tokens: list[tuple[str, float]] | None, label: s
         if pos >= end:
             break
     return float(min(1.0, max(0.0, math.exp(total))))
+
+
+def labels_from_probs(probs: dict[str, float], multi_label: bool, max_labels: int, threshold: float) -> list[str]:
+    """The predicted set from label probabilities: the top label, then (multi-label) every other label whose
+    probability is at least `threshold`, likeliest first, at most `max_labels` in all."""
+    ranked = sorted(probs, key=lambda lab: -probs[lab])  # stable: ties keep taxonomy order
+    upper = max_labels if multi_label else 1
+    return ranked[:1] + [lab for lab in ranked[1:upper] if probs[lab] >= threshold]
