@@ -59,6 +59,11 @@ def test_eval_small_spec_end_to_end(small_spec: Path, tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "fs2" in md and BASELINE in md and "Paired comparison" in md
+    assert "| alpha | ECE |" in md
+    fs2 = next(r for r in result["rows"] if r["variant"] == "fs2")
+    assert fs2["calibration"]["items"] == sum(p["status"] == "ok" for p in preds)  # the embedded model gives label_probs
+    assert 0.0 <= fs2["calibration"]["ece"] <= 1.0 and 0.0 <= fs2["calibration"]["ece_raw"] <= 1.0
+    assert "calibration" not in next(r for r in result["rows"] if r["variant"] == BASELINE)
 
     again = run_eval(small_spec, out=out, cache_dir=cache, progress=False)
     row = next(r for r in again["rows"] if r["variant"] == "fs2")

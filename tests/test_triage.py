@@ -230,3 +230,24 @@ def test_existing_label_outside_the_taxonomy_names_the_line(cli, corpus, tmp_pat
     assert f"{path}, line 5" in result.stderr
     assert "existing label '不存在的标签' is not in the taxonomy" in result.stderr
     assert server.stats.completions == 0
+
+
+@pytest.mark.slow
+def test_relabel_with_the_embedded_model_ranks_by_the_ensemble(cli, corpus, tmp_path):
+    pool, labels = pool_fixture(corpus, n_per_label=10)
+    path = tmp_path / "input.tsv"
+    path.write_text("".join(f"{ls[0]}\t{t}\n" for _, t, ls in pool), encoding="utf-8")
+    out = tmp_path / "run"
+    result = cli("relabel", path, "--out", out, "--sample", "6", "--shots", "2", "--concurrency", "1")
+    assert result.exit_code == 0, str(result)
+    assert "(ranked by ensemble)" in result.stdout
+    table = pd.read_csv(out / "label_issues.csv", encoding="utf-8-sig")
+    assert tuple(table.columns) == LABEL_ISSUE_COLUMNS and len(table) == 6
+    assert set(table["source"]) == {"ensemble"}
+    assert table["issue_score"].is_monotonic_decreasing and table["issue_score"].between(0, 1).all()
+    t = json.loads((out / "report.json").read_text(encoding="utf-8"))["triage"]
+    assert t["source"] == "ensemble" and t["calibration"]["items"] == 6
+    assert all(w in (i / 10 for i in range(11)) for w in t["ensemble_llm_weight_per_fold"])
+    assert 0.0 <= t["calibration"]["ece"] <= 1.0
+    assert sum(b["n"] for b in t["calibration"]["reliability"]) == 6
+    assert "ECE" in (out / "report.html").read_text(encoding="utf-8")

@@ -13,8 +13,8 @@ Two modes, decided by the existing labels. `single`: every scored item has exact
 distribution over the taxonomy (rows sum to 1), the corpus classifier is a multinomial logistic regression, the
 calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`. `multi`: some item
 has several labels; each label gets its own probability of applying (rows need not sum to 1), the corpus classifier
-is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope, one
-intercept and one shift for the item's top label, shared by all labels), and the ranking is
+is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope and
+intercept for each item's top label, one for all its other labels), and the ranking is
 `cleanlab.multilabel_classification.rank.get_label_quality_scores` (aggregated by softmin, see MULTI_AGGREGATOR).
 
 No item is scored by a model that saw its label. Items are split into K folds by a seeded hash of their id (never of
@@ -88,12 +88,12 @@ def _log_loss(P: np.ndarray, Y: np.ndarray, mode: Mode) -> float:
 
 
 class Calibrator:
-    """Temperature scaling (single) or shared Platt scaling of per-label log-odds (multi), fitted on labeled items."""
+    """Temperature scaling (single) or Platt scaling of per-label log-odds, top label apart (multi), on labeled items."""
 
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
         self.temperature = 1.0
-        self.slope, self.intercept, self.top_shift = 1.0, 0.0, 0.0
+        self.platt = {"top": (1.0, 0.0), "rest": (1.0, 0.0)}  # (slope, intercept) of the log-odds
 
     def fit(self, P: np.ndarray, Y: np.ndarray) -> Calibrator:
         """Fit on probabilities P and the 0/1 existing labels Y (items x labels)."""
@@ -107,26 +107,30 @@ class Calibrator:
         else:
             z, top = self._logit(P).ravel(), self._top(P).ravel()
             y = Y.ravel()
+            for which, mask in (("top", top == 1), ("rest", top == 0)):
+                zz, yy = z[mask], y[mask]
 
-            def nll2(abc: np.ndarray) -> float:
-                s = abc[0] * z + abc[1] + abc[2] * top
-                return float(np.mean(np.logaddexp(0, s) - y * s))
+                def nll2(ab: np.ndarray) -> float:
+                    s = ab[0] * zz + ab[1]
+                    return float(np.mean(np.logaddexp(0, s) - yy * s))
 
-            res = minimize(nll2, np.array([1.0, 0.0, 0.0]), method="L-BFGS-B",
-                           bounds=[(0.01, 20.0), (-20.0, 20.0), (-20.0, 20.0)])
-            self.slope, self.intercept, self.top_shift = (float(x) for x in res.x)
+                res = minimize(nll2, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.01, 20.0), (-20.0, 20.0)])
+                self.platt[which] = (float(res.x[0]), float(res.x[1]))
         return self
 
     def transform(self, P: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, same shape."""
         if self.mode == "single":
             return self._softmax(P, self.temperature)
-        return 1 / (1 + np.exp(-(self.slope * self._logit(P) + self.intercept + self.top_shift * self._top(P))))
+        top = self._top(P)
+        (a1, b1), (a0, b0) = self.platt["top"], self.platt["rest"]
+        z = self._logit(P)
+        return 1 / (1 + np.exp(-np.where(top == 1, a1 * z + b1, a0 * z + b0)))
 
     def params(self) -> dict[str, float]:
         """The fitted parameters, for the report."""
-        return {"temperature": self.temperature} if self.mode == "single" else {"slope": self.slope, "intercept": self.intercept,
-                                                                              "top_shift": self.top_shift}
+        return {"temperature": self.temperature} if self.mode == "single" else {
+            f"{which}_{name}": v for which, ab in self.platt.items() for name, v in zip(("slope", "intercept"), ab)}
 
     @staticmethod
     def _softmax(P: np.ndarray, t: float) -> np.ndarray:
@@ -274,7 +278,7 @@ def calibrate_llm(label_probs: Sequence[dict[str, float] | None], Y: np.ndarray,
     Q[has], params = calibrate_cross_fitted(P[has], Y[has], folds[has], mode)
     raw = expected_calibration_error(*top_label_confidence(P[has], Y[has]))
     cal = expected_calibration_error(*top_label_confidence(Q[has], Y[has]))
-    return Q, {"method": "temperature scaling" if mode == "single" else "Platt scaling of per-label log-odds (+ top-label shift)",
+    return Q, {"method": "temperature scaling" if mode == "single" else "Platt scaling of per-label log-odds (top label / other labels)",
                "cross_fitted_folds": FOLDS, "items": int(has.sum()), "ece_raw": raw[0], "ece": cal[0],
                "reliability_raw": raw[1], "reliability": cal[1], "params_per_fold": params}
 
