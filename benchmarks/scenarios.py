@@ -474,7 +474,9 @@ def s9_label_noise(ctx: Ctx) -> list[Row]:
                             f"ECE {clean_cal['ece']:.3f} (raw {clean_cal['ece_raw']:.3f})", "ECE <= 0.05",
                             pct(clean_cal["ece"] / 0.05), verdict(clean_cal["ece"] <= 0.05),
                             f"{clean_cal['method']}, cross-fitted over {clean_cal['cross_fitted_folds']} folds, "
-                            f"{clean_cal['items']} items; relabel of {n} texts took {seconds:.0f} s, failed {failed}"))
+                            f"{clean_cal['items']} items (a perfectly calibrated model: ECE "
+                            f"{clean_cal['ece_if_perfectly_calibrated']:.3f} on as many); "
+                            f"relabel of {n} texts took {seconds:.0f} s, failed {failed}"))
     else:
         out_rows.append(Row("9 label noise (10% of eval split)", "calibration of the LLM's label_probs", "no label_probs",
                             "ECE <= 0.05", "", "MISS", f"the model gave no per-label probabilities; failed {failed}"))

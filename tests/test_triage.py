@@ -251,3 +251,11 @@ def test_relabel_with_the_embedded_model_ranks_by_the_ensemble(cli, corpus, tmp_
     assert 0.0 <= t["calibration"]["ece"] <= 1.0
     assert sum(b["n"] for b in t["calibration"]["reliability"]) == 6
     assert "ECE" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_ece_noise_floor_shrinks_with_more_items():
+    from labelwise._triage import ece_noise_floor
+
+    rng = np.random.default_rng(0)
+    small, large = ece_noise_floor(rng.random(200)), ece_noise_floor(rng.random(20000), draws=20)
+    assert 0.03 < small < 0.12 and large < 0.01

@@ -212,7 +212,8 @@ def _triage_html(triage, top: int = 50) -> str:
     if cal:
         parts.append(f"<h3>Calibration of the model's label probabilities ({e(cal['method'])}, cross-fitted over "
                      f"{cal['cross_fitted_folds']} folds, {cal['items']} items)</h3><p>ECE {cal['ece']:.4f} after calibration, "
-                     f"{cal['ece_raw']:.4f} before (top label's probability vs whether it is an existing label).</p>")
+                     f"{cal['ece_raw']:.4f} before (top label's probability vs whether it is an existing label); a perfectly "
+                     f"calibrated model would score about {cal['ece_if_perfectly_calibrated']:.4f} on this many items.</p>")
         parts.append(_reliability_svg(cal["reliability"]))
         parts.append("<table><tr><th>confidence bin</th><th>items</th><th>mean confidence</th><th>accuracy</th></tr>")
         for b in cal["reliability"]:
