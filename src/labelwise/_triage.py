@@ -50,6 +50,7 @@ WEIGHTS = tuple(i / 10 for i in range(11))
 # Fewer labeled items than this and a fitted calibrator is worse than none (on a 20-item run, cross-fitted Platt
 # scaling raised the ECE from 0.24 to 0.40); the probabilities are then used as the model gave them.
 MIN_CALIBRATION_ITEMS = 50
+MAX_TRAIN = 20_000  # training items per corpus-classifier fold (a seeded sample by id beyond that)
 # How cleanlab's multi-label score combines an item's per-label scores: softmin at a low temperature, i.e. close to
 # its worst label. Chosen on 10% noise injected into three 200-item samples of the bundled pool (never the eval
 # split), corpus classifier: the default (exponential moving average, alpha 0.8) found the corrupted items at mean
@@ -183,6 +184,11 @@ def _corpus_model(seed: int, n_train: int):
                                                            random_state=seed)))
 
 
+def _predict(model, texts: list[str], chunk: int = 5000) -> np.ndarray:
+    """predict_proba in chunks, so a huge run never holds one huge TF-IDF matrix."""
+    return np.vstack([model.predict_proba(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
+
+
 def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool: Iterable[tuple[str, str, Sequence[str]]],
                          labels: Sequence[str], mode: Mode, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Out-of-fold probabilities of each scored (id, text, labels) item from TF-IDF + logistic regression.
@@ -190,6 +196,7 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
     The training data is the pool and the scored items together (an item in both counts once, with its scored
     labels); they are split into folds by id, and a scored item's probabilities come from the classifier trained on
     the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
+    Beyond MAX_TRAIN training items per fold, a sample chosen by a seeded hash of the id (never the labels) trains.
     """
     data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
     for i, t, labs in scored:
@@ -203,6 +210,8 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
         by_fold.setdefault(int(fold[i]), []).append(n)
     for f, rows in sorted(by_fold.items()):
         train = [i for i in ids if fold[i] != f]
+        if len(train) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
+            train = sorted(train, key=lambda i: hashlib.sha256(f"{seed}:train:{i}".encode()).hexdigest())[:MAX_TRAIN]
         texts = [data[i][0] for i in train]
         test_texts = [scored[n][1] for n in rows]
         model = _corpus_model(seed, len(train))
@@ -216,11 +225,10 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
                     out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
                     continue
                 model.fit(X, y)
-                probs = model.predict_proba(test_texts)
-                out[np.ix_(rows, model.classes_)] = probs  # a label absent from training keeps probability 0
+                out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
             else:
                 model.fit(texts, binarize([data[i][1] for i in train], labels))
-                out[rows] = model.predict_proba(test_texts)
+                out[rows] = _predict(model, test_texts)
     return out
 
 
