@@ -9,13 +9,13 @@ self-confidence score of its existing labels under the probabilities of the rank
 - `ensemble`: `w * llm + (1 - w) * corpus`, `w` chosen on the other folds (below); items without `label_probs`
   fall back to `corpus`, and the row says so.
 
-Two modes, decided by the existing labels. `single`: every scored item has exactly one label; probabilities are a
-distribution over the taxonomy (rows sum to 1), the corpus classifier is a multinomial logistic regression, the
-calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`. `multi`: some item
-has several labels; each label gets its own probability of applying (rows need not sum to 1), the corpus classifier
-is one-vs-rest logistic regression, the calibrator is Platt scaling of each label's log-odds (one slope and
-intercept for each item's top label, one for all its other labels), and the ranking is
-`cleanlab.multilabel_classification.rank.get_label_quality_scores` (aggregated by softmin, see MULTI_AGGREGATOR).
+Two modes, decided by the existing labels. `single`: every scored item has exactly one label; probabilities
+are a distribution over the taxonomy (rows sum to 1; the corpus classifier's one-vs-rest probabilities are
+normalised), the calibrator is temperature scaling, and the ranking is `cleanlab.rank.get_label_quality_scores`.
+`multi`: some item has several labels; each label gets its own probability of applying (rows need not sum to 1),
+the calibrator is Platt scaling of each label's log-odds (one slope and intercept for each item's top label, one
+for all its other labels), and the ranking is `cleanlab.multilabel_classification.rank.get_label_quality_scores`
+(aggregated by softmin, see MULTI_AGGREGATOR).
 
 No item is scored by a model that saw its label. Items are split into K folds by a seeded hash of their id (never of
 their labels). For an item in fold f, the calibrator and the corpus classifier are fitted on the other folds only.
@@ -39,8 +39,8 @@ from ._corpus import Corpus
 from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
-           "ensemble_cross_fitted", "label_quality", "calibrate_llm",
-           "calibration_of", "ece_noise_floor", "triage", "triage_run"]
+           "ensemble_cross_fitted", "label_quality", "calibrate_llm", "calibration_of", "ece_noise_floor", "triage",
+           "triage_run"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
