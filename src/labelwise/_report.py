@@ -135,15 +135,19 @@ def _csv(df) -> bytes:
 LABEL_ISSUE_COLUMNS = ("id", "text", "existing_labels", "suggested_labels", "issue_score", "existing_label_probs", "source")
 
 
-def label_issues_table(triage):
-    """label_issues.csv as a DataFrame: every scored item, likeliest error first; labels `|`-joined."""
+def label_issues_table(triage, top: int | None = None):
+    """label_issues.csv as a DataFrame: every scored item (or the `top` first), likeliest error first; labels `|`-joined."""
     import pandas as pd
 
-    return pd.DataFrame([{
-        "id": r.id, "text": r.text, "existing_labels": "|".join(r.existing_labels),
-        "suggested_labels": "|".join(r.suggested_labels), "issue_score": round(r.issue_score, 6),
-        "existing_label_probs": "|".join(f"{lab}={p:.3f}" for lab, p in r.existing_label_probs.items()), "source": r.source,
-    } for r in triage.rows], columns=list(LABEL_ISSUE_COLUMNS))
+    rows = triage.rows[:top]
+    return pd.DataFrame({  # column lists, not a dict per row: a run may have 100,000 rows
+        "id": [r.id for r in rows], "text": [r.text for r in rows],
+        "existing_labels": ["|".join(r.existing_labels) for r in rows],
+        "suggested_labels": ["|".join(r.suggested_labels) for r in rows],
+        "issue_score": [round(r.issue_score, 6) for r in rows],
+        "existing_label_probs": ["|".join(f"{lab}={p:.3f}" for lab, p in r.existing_label_probs.items()) for r in rows],
+        "source": [r.source for r in rows],
+    }, columns=list(LABEL_ISSUE_COLUMNS))
 
 
 def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) -> dict[str, Any]:
@@ -152,6 +156,8 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) ->
 
     from ._metrics import confusion, score, scored_labels
 
+    if triage is not None:  # first, so its table is gone before the others are built (a run may have 100k rows)
+        atomic_write_bytes(run_dir / "label_issues.csv", _csv(label_issues_table(triage)))
     table = pd.DataFrame([{
         "id": r["id"], "text": r["text"],
         "existing_labels": "|".join(r["gold"]) if r.get("gold") is not None else "",
@@ -183,7 +189,6 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) ->
         atomic_write_bytes(run_dir / "confusion.png", png)
     report = {"counts": counts, "metrics": metrics}
     if triage is not None:
-        atomic_write_bytes(run_dir / "label_issues.csv", _csv(label_issues_table(triage)))
         report["triage"] = triage.summary()
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.html", _html(counts, metrics, png, dis.head(100), _triage_html(triage) if triage else ""))
@@ -223,7 +228,7 @@ def _triage_html(triage, top: int = 50) -> str:
         parts.append("</table>")
     parts.append("<table><tr><th>issue score</th><th>id</th><th>text</th><th>existing</th><th>suggested</th>"
                  "<th>p(existing)</th><th>source</th></tr>")
-    for _, r in label_issues_table(triage).head(top).iterrows():
+    for _, r in label_issues_table(triage, top).iterrows():
         parts.append(f"<tr><td class=num>{r['issue_score']:.3f}</td><td>{e(str(r['id']))}</td><td>{e(str(r['text']))}</td>"
                      f"<td>{e(str(r['existing_labels']))}</td><td>{e(str(r['suggested_labels']))}</td>"
                      f"<td>{e(str(r['existing_label_probs']))}</td><td>{e(str(r['source']))}</td></tr>")

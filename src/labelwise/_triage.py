@@ -50,7 +50,7 @@ WEIGHTS = tuple(i / 10 for i in range(11))
 # Fewer labeled items than this and a fitted calibrator is worse than none (on a 20-item run, cross-fitted Platt
 # scaling raised the ECE from 0.24 to 0.40); the probabilities are then used as the model gave them.
 MIN_CALIBRATION_ITEMS = 50
-MAX_TRAIN = 20_000  # training items per corpus-classifier fold (a seeded sample by id beyond that)
+MAX_TRAIN = 10_000  # training items per corpus-classifier fold (a seeded sample by id beyond that): bounded memory
 # How cleanlab's multi-label score combines an item's per-label scores: softmin at a low temperature, i.e. close to
 # its worst label. Chosen on 10% noise injected into three 200-item samples of the bundled pool (never the eval
 # split), corpus classifier: the default (exponential moving average, alpha 0.8) found the corrupted items at mean
@@ -184,7 +184,7 @@ def _corpus_model(seed: int, n_train: int):
                                                            random_state=seed)))
 
 
-def _predict(model, texts: list[str], chunk: int = 5000) -> np.ndarray:
+def _predict(model, texts: list[str], chunk: int = 2000) -> np.ndarray:
     """predict_proba in chunks, so a huge run never holds one huge TF-IDF matrix."""
     return np.vstack([model.predict_proba(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
 
@@ -225,10 +225,13 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
                     out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
                     continue
                 model.fit(X, y)
+                model.steps[0][1].stop_words_ = None  # the n-grams min_df dropped: large, and never used again
                 out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
             else:
                 model.fit(texts, binarize([data[i][1] for i in train], labels))
+                model.steps[0][1].stop_words_ = None
                 out[rows] = _predict(model, test_texts)
+        del model  # before the next fold's fit: two fitted models at once doubled the peak on a 100k-row run
     return out
 
 
@@ -249,18 +252,22 @@ def ensemble_cross_fitted(P_llm: np.ndarray, P_corpus: np.ndarray, Y: np.ndarray
     return Q, weights
 
 
-def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Sequence[str], mode: Mode) -> np.ndarray:
+def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Sequence[str], mode: Mode, *,
+                  chunk: int = 10_000) -> np.ndarray:
     """cleanlab's label-quality score of each item's existing labels (lower: likelier an error)."""
     index = {lab: j for j, lab in enumerate(labels)}
-    if mode == "single":
-        from cleanlab.rank import get_label_quality_scores
+    out = np.empty(len(label_sets))
+    for a in range(0, len(label_sets), chunk):  # each item's score depends on its own row only: chunks bound memory
+        sets, rows = label_sets[a:a + chunk], np.clip(P[a:a + chunk], 0.0, 1.0)
+        if mode == "single":
+            from cleanlab.rank import get_label_quality_scores
 
-        P = np.clip(P, 0.0, 1.0)
-        P = P / P.sum(1, keepdims=True)
-        return get_label_quality_scores(np.array([index[s[0]] for s in label_sets]), P)
-    from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
+            out[a:a + chunk] = get_label_quality_scores(np.array([index[s[0]] for s in sets]), rows / rows.sum(1, keepdims=True))
+        else:
+            from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
 
-    return multi_scores([[index[x] for x in s] for s in label_sets], np.clip(P, 0.0, 1.0), aggregator_kwargs=MULTI_AGGREGATOR)
+            out[a:a + chunk] = multi_scores([[index[x] for x in s] for s in sets], rows, aggregator_kwargs=MULTI_AGGREGATOR)
+    return out
 
 
 def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[list[str]]:
@@ -320,7 +327,7 @@ def calibration_of(label_probs: Sequence[dict[str, float] | None], gold: Sequenc
     return calibrate_llm(label_probs, binarize(gold, labels), fold_ids(ids, FOLDS, seed), labels, mode)[1]
 
 
-@dataclass
+@dataclass(slots=True)
 class TriageRow:
     """One scored item of label_issues.csv."""
 
@@ -356,7 +363,8 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
            source: Source = "ensemble", *, seed: int = 0) -> Triage:
     """Rank labeled items by how likely their existing labels are wrong.
 
-    `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None).
+    `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None) and optionally
+    `status` (a failed prediction's label_probs are not used).
     `pool`: (id, text, labels) of the example pool, training data for the corpus classifier.
     """
     if source not in SOURCES:
@@ -370,13 +378,14 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     Y = binarize(gold, labels)
     ids = [r["id"] for r in items]
     folds = fold_ids(ids, FOLDS, seed)
-    has_llm = np.array([r.get("label_probs") is not None for r in items])
+    llm_probs = [r.get("label_probs") if r.get("status", "ok") == "ok" else None for r in items]
+    has_llm = np.array([p is not None for p in llm_probs])
     notes: list[str] = []
     used = source
     if source in ("llm", "ensemble") and not has_llm.any():
         notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
         used = "corpus"
-    Q_llm, calibration = calibrate_llm([r.get("label_probs") for r in items], Y, folds, labels, mode)
+    Q_llm, calibration = calibrate_llm(llm_probs, Y, folds, labels, mode)
     P_corpus = None
     if used in ("corpus", "ensemble"):
         P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)
@@ -412,6 +421,6 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
                *, seed: int = 0) -> Triage:
     """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs)."""
-    items = [{**r, "label_probs": r.get("label_probs") if r.get("status") == "ok" else None} for r in rows if r.get("gold")]
+    items = [r for r in rows if r.get("gold")]  # triage reads label_probs of ok rows only
     pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
     return triage(items, labels, pool_items, source, seed=seed)
