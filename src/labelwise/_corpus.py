@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,9 +281,17 @@ def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep) -> Co
             df = pd.read_parquet(path)
         else:
             text, encoding = _decode(path.read_bytes(), path)
-            df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+            with warnings.catch_warnings():
+                # index_col=False: a first row with one field too many must not silently become an index column
+                # (shifting every column); pandas then warns of the data it would drop, which is an error here
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                                 keep_default_na=False, index_col=False)
     except CorpusError:
         raise
+    except pd.errors.ParserWarning:
+        raise CorpusError("more fields than the header has columns; quote texts that contain the separator",
+                          path=path, line=2) from None
     except Exception as e:  # pandas raises many parser error types; all mean the same to a user
         raise CorpusError(f"can't read as {fmt}: {e}", path=path) from None
     corpus = dataframe_corpus(df, text_col=text_col, label_col=label_col, label_sep=label_sep, path=path, bad=bad,
