@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labelwise import Labeler, item_id, load_corpus, normalize_text
+from labelwise import Labeler, item_id, normalize_text
 from labelwise._labeler import DEFAULT_CORPUS
 from labelwise._runner import select_items
 
@@ -113,4 +113,3 @@ def test_local_gguf_path_is_the_same_model_as_local(gguf_path, corpus, local_mod
     assert b.labels == a.labels and b.examples == a.examples  # the same weights, greedy decoding
     assert b.confidence == pytest.approx(a.confidence)
     assert item_id(text) == a.id == b.id
-    assert isinstance(load_corpus(DEFAULT_CORPUS), type(corpus))
