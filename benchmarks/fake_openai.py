@@ -46,7 +46,7 @@ OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
 _SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
-                        r"|empty_choices|html_200|not_completion|echo_key_401|quota_429|huge_answer(:\d+)?)$")
+                        r"|empty_choices|html_200|not_completion|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
 # Script entries for answers no healthy server gives: the client must survive each of them.
 MISBEHAVIOURS = {
     "empty_choices": "200, a chat.completion whose `choices` is []",
@@ -54,6 +54,7 @@ MISBEHAVIOURS = {
     "not_completion": "200 with JSON that is not a chat.completion",
     "echo_key_401": "401 whose error message echoes the request's Authorization header (the key)",
     "quota_429": "429 with code `insufficient_quota` (retrying can't help)",
+    "context_length_400": "400 with code `context_length_exceeded` (this request only: the run goes on)",
     "huge_answer": "200 whose answer is CHARS (default 200000) characters of prose: `huge_answer:CHARS`",
 }
 _ID_RE = re.compile(r"^\s*\[([^\]\n]+)\]([^\n]*)", re.M)
@@ -479,6 +480,9 @@ class FakeOpenAIServer:
         if kind == "quota_429":
             return _error(429, "You exceeded your current quota, please check your plan and billing details.",
                           "insufficient_quota", "insufficient_quota")
+        if kind == "context_length_400":
+            return _error(400, "This model's maximum context length is 128000 tokens. Please reduce the length of the "
+                          "messages.", "invalid_request_error", "context_length_exceeded")
         # huge_answer[:CHARS]: a 200 whose answer is CHARS characters of prose (not a valid answer)
         size = int(arg) if arg is not None else 200_000
         body = self._completion(req, req["messages"], "ok")

@@ -61,10 +61,7 @@ def spreadsheet_safe(value: Any) -> Any:
 
 def write_spreadsheet_csv(path: str | Path, df) -> None:
     """Atomically write a DataFrame as CSV for spreadsheet apps: UTF-8 with BOM, formula-like text cells escaped."""
-    safe = df.copy()
-    for col in safe.columns:
-        if safe[col].dtype == object:
-            safe[col] = safe[col].map(spreadsheet_safe)
+    safe = df.map(spreadsheet_safe)  # every column: pandas may hold text as object or as its string dtype
     safe.columns = [spreadsheet_safe(str(c)) for c in safe.columns]
     atomic_write_bytes(path, safe.to_csv(index=False).encode("utf-8-sig"))  # BOM so Excel reads the Chinese text right
 

@@ -223,7 +223,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         await labeler.aclose()
         raise
     try:
-        return await _run(cfg, run_dir, corpus, items, labeler, prices, started, t0)
+        return await _run(cfg, run_dir, corpus, items, labeler, prices, started, t0, progress)
     finally:
         lock.release()
 
@@ -255,7 +255,7 @@ def _lock_run_dir(run_dir: Path):
 
 
 async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,
-               started: datetime, t0: float) -> dict[str, Any]:
+               started: datetime, t0: float, progress: bool | None) -> dict[str, Any]:
     """The run itself, with the run directory locked: resume, label, write the review files and the manifest."""
     lcfg = cfg.labeler
     pool = lcfg.examples
