@@ -364,6 +364,7 @@ class Labeler:
         With `collect=False` nothing is kept (a streaming caller writes each result itself) and [] is returned.
         """
         results: dict[str, Prediction] = {}
+        self.fatal = None  # a fatal error stops this call; a later call (e.g. with the problem fixed) starts afresh
 
         def done(pred: Prediction) -> None:
             if collect:

@@ -175,7 +175,7 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> No
         return
     diffs = _differences(old, fingerprint)
     if not force:
-        raise RunError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
+        raise RunError(f"{run_dir} holds a run whose settings differ ({'; '.join(diffs)}); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for name in ("predictions.jsonl", "run.json"):
