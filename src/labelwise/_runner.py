@@ -298,7 +298,7 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    summary = write_run_outputs(run_dir, rows)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
@@ -313,8 +313,7 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
                      "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or []),
                      "max_chars": EXAMPLE_MAX_CHARS,
                      "texts_cut_to_max_chars": sum(len(it.text) > EXAMPLE_MAX_CHARS for it in labeler.pool or [])},
-        "model": labeler.model.name, "base_url": redact(getattr(labeler.model, "base_url", None)),
-        "structured_mode": getattr(labeler.model, "mode", "grammar"),
+        **labeler.model.describe(),
         "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
         "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
@@ -322,7 +321,6 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
                    "torn_bytes_repaired": torn, "labeled_now": len(todo), **summary["counts"]},
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices),
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
-        "transport": getattr(labeler.model, "stats", None),
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
         "stopped_by": str(fatal) if fatal else None,
     }
