@@ -305,6 +305,19 @@ def test_agree_reads_labels_csv_or_refuses_naming_the_columns(fake_server, cli, 
     assert "columns found" in res.stderr and "'guess'" in res.stderr and "--text-col" not in res.stderr
 
 
+def test_labels_csv_cells_escaped_for_spreadsheets_are_read_back_as_written(tmp_path):
+    from labelwise._io import write_spreadsheet_csv
+    from labelwise._report import load_labels
+
+    table = pd.DataFrame([{"id": "a1", "text": "=1+1 文本", "new_labels": "-neg|+pos", "status": "ok", "confidence": 0.5},
+                          {"id": "b2", "text": "别的", "new_labels": "", "status": "failed", "confidence": None}])
+    write_spreadsheet_csv(tmp_path / "labels.csv", table)
+    assert "'-neg|+pos" in (tmp_path / "labels.csv").read_text(encoding="utf-8-sig")
+    got = load_labels(tmp_path / "labels.csv")
+    assert got["a1"] == {"text": "=1+1 文本", "labels": ["-neg", "+pos"], "status": "ok", "confidence": 0.5}
+    assert got["b2"]["status"] == "failed" and got["b2"]["labels"] == []
+
+
 # --------------------------------------------------------------------------- 8. smaller ones
 
 

@@ -13,7 +13,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing",
-           "spreadsheet_safe", "write_spreadsheet_csv"]
+           "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
 
 # A cell starting with one of these is run as a formula by spreadsheet apps (OWASP "CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -64,6 +64,11 @@ def spreadsheet_safe(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+def spreadsheet_value(cell: str) -> str:
+    """The original text of a cell `spreadsheet_safe` escaped (reading our own CSVs back)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] and cell[1:2] in _FORMULA_START else cell
 
 
 def write_spreadsheet_csv(path: str | Path, df) -> None:

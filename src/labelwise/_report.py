@@ -12,7 +12,7 @@ from typing import Any
 
 from ._corpus import item_id, load_corpus
 from ._exceptions import CorpusError
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_spreadsheet_csv
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv
 
 __all__ = ["Joined", "load_labels", "join", "agree", "write_run_outputs", "agreement_table", "HEADLINE"]
 
@@ -86,7 +86,7 @@ def _read_own_labels_csv(path: Path) -> dict[str, dict[str, Any]]:
 
     from ._corpus import LABEL_SEP
 
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig").map(spreadsheet_value)
     out: dict[str, dict[str, Any]] = {}
     for n, r in enumerate(df.to_dict("records"), 2):
         text = r["text"]
