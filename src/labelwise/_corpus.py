@@ -298,7 +298,8 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], w
         if c in columns:
             return c
     if required:
-        raise CorpusError(f"no {what} column (tried {list(defaults)}); columns found: {list(columns)}", path=path)
+        hint = "; name it with text_col= (relabel: --text-col)" if what == "text" else ""
+        raise CorpusError(f"no {what} column (tried {list(defaults)}); columns found: {list(columns)}{hint}", path=path)
     return None
 
 

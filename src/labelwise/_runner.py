@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._corpus import Corpus, load_corpus
 from ._exceptions import FatalTransportError, RunError
-from ._prompts import EXAMPLE_MAX_CHARS
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
 from ._labeler import Labeler, LabelerConfig
+from ._prompts import EXAMPLE_MAX_CHARS
 from ._redact import redact
 from ._schema import Prediction
 
