@@ -408,12 +408,12 @@ def test_cli_timeout(fake_server, cli, tmp_path):
     inp = write_tsv(tmp_path / "in.tsv", 3)
     server = fake_server(script=["hang:5"])
     out = tmp_path / "run"
-    t0 = time.monotonic()
     res = relabel(cli, server, inp, out, "--concurrency", "1", "--timeout", "0.5")
     assert res.exit_code == 0, res
-    assert time.monotonic() - t0 < 5
     rows = predictions(out)
-    assert all(r["status"] == "ok" for r in rows) and sorted(r["attempts"] for r in rows)[-1] == 2
+    assert all(r["status"] == "ok" for r in rows) and sorted(r["attempts"] for r in rows) == [1] * (len(rows) - 1) + [2]
+    assert server.stats.log[0][2] == 0  # the client gave up on the hanging answer (status 0: never sent)
+    assert server.stats.completions == len(rows) + 1
 
 
 def test_settings_differ_names_the_setting_and_values(fake_server, cli, tmp_path):
