@@ -177,15 +177,16 @@ def _split_labels(value: Any, sep: str, path: Path, line: int, column: str) -> l
         raise CorpusError(f"labels must be a list or a string, got {type(value).__name__}", path=path, line=line, column=column)
     out = [str(v).strip() for v in value]
     for v in out:
-        _check_label(v, path, line, column)
+        if problem := _sep_problem(v):
+            raise CorpusError(problem, path=path, line=line, column=column)
     return [v for v in out if v]
 
 
-def _check_label(label: str, path: Path, line: int, column: str | None) -> None:
+def _sep_problem(label: str) -> str | None:
     """A label may not contain `|`: output files join a text's labels with it, so `a|b` would read as two labels."""
     if LABEL_SEP in label:
-        raise CorpusError(f"label {label!r} contains {LABEL_SEP!r}, which joins labels in labels.csv; rename the label",
-                          path=path, line=line, column=column)
+        return f"label {label!r} contains {LABEL_SEP!r}, which joins labels in labels.csv; rename the label"
+    return None
 
 
 class EncodingGuessWarning(UserWarning):
@@ -277,9 +278,8 @@ def _read_label_tab_text(lines: list[str], path: Path, bad, *, plain: bool, head
                 raise _Bad("empty label", "1")
             if not text.strip():
                 raise _Bad("empty text", "2")
-            if LABEL_SEP in label:
-                raise _Bad(f"label {label.strip()!r} contains {LABEL_SEP!r}, which joins labels in labels.csv; "
-                           "rename the label", "1")
+            if problem := _sep_problem(label.strip()):
+                raise _Bad(problem, "1")
         except _Bad as e:
             bad(i, e)
             continue
