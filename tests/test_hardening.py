@@ -350,9 +350,11 @@ def test_empty_or_none_text_is_a_value_error_without_a_model_call(fake_server, p
                 labeler.label(bad)
         df = pd.DataFrame({"text": [TEXT, None, "", "支持集成电路设计企业流片。"]}, index=[10, 11, 12, 13])
         out = labeler.label_dataframe(df)
+        na = labeler.label_dataframe(pd.DataFrame({"text": pd.array([TEXT, pd.NA], dtype="string")}))
     assert list(out["status"]) == ["ok", "failed", "failed", "ok"]
     assert "row 11" in out.loc[11, "error"] and "row 12" in out.loc[12, "error"]
-    assert server.stats.completions == 2
+    assert list(na["status"]) == ["ok", "failed"] and "missing" in na.loc[1, "error"]
+    assert server.stats.completions == 2  # the second frame's text was answered from the cache
 
 
 def test_guessed_encoding_warns_and_encoding_overrides(cli, tmp_path):

@@ -440,7 +440,7 @@ class Labeler:
         bad = {}
         for n, (index, cell) in enumerate(zip(df.index, cells)):
             try:
-                if cell is None or (isinstance(cell, float) and cell != cell):
+                if cell is None or (pd.api.types.is_scalar(cell) and pd.isna(cell)):  # None, NaN, pd.NA
                     raise ValueError(f"{text_col!r} at row {index!r} is missing")
                 cells[n] = check_text(cell if isinstance(cell, str) else str(cell), f"{text_col!r} at row {index!r}")
             except ValueError as err:
