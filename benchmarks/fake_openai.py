@@ -46,12 +46,13 @@ OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
 _SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
-                        r"|empty_choices|html_200|not_completion|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
+                        r"|empty_choices|html_200|not_completion|broken_logprobs|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
 # Script entries for answers no healthy server gives: the client must survive each of them.
 MISBEHAVIOURS = {
     "empty_choices": "200, a chat.completion whose `choices` is []",
     "html_200": "200 with an HTML body (text/html), as a misconfigured proxy sends",
     "not_completion": "200 with JSON that is not a chat.completion",
+    "broken_logprobs": "200, a chat.completion whose `logprobs.content` is not a list of tokens",
     "echo_key_401": "401 whose error message echoes the request's Authorization header (the key)",
     "quota_429": "429 with code `insufficient_quota` (retrying can't help)",
     "context_length_400": "400 with code `context_length_exceeded` (this request only: the run goes on)",
@@ -474,6 +475,10 @@ class FakeOpenAIServer:
             return _Reply(200, page.encode(), content_type="text/html; charset=utf-8")
         if kind == "not_completion":  # valid JSON, but not a chat.completion (here: a model list)
             return _Reply(200, json.dumps({"object": "list", "data": [{"id": self.scenario.model}]}).encode())
+        if kind == "broken_logprobs":
+            body = self._completion(req, req["messages"], "ok")
+            body["choices"][0]["logprobs"] = {"content": "not a token list", "refusal": None}
+            return _Reply(200, json.dumps(body, ensure_ascii=False).encode())
         if kind == "echo_key_401":
             return _error(401, f"Incorrect API key provided: {self._authorization}", "invalid_request_error",
                           "invalid_api_key")

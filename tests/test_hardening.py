@@ -71,7 +71,8 @@ def quick_labeler(server, pool, **options) -> Iterator[Labeler]:
 
 
 # each mode, and what of its body the failed prediction must keep
-MALFORMED = {"empty_choices": "chat.completion", "html_200": "<h1>502 Bad Gateway</h1>", "not_completion": '"data"'}
+MALFORMED = {"empty_choices": "chat.completion", "html_200": "<h1>502 Bad Gateway</h1>", "not_completion": '"data"',
+             "broken_logprobs": "not a token list"}
 
 
 def test_every_misbehaviour_is_a_named_fake_server_mode():

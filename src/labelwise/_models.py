@@ -176,8 +176,13 @@ def _check_completion(resp: Any) -> None:
         problem = "a completion with no choices"
     else:
         message = getattr(choices[0], "message", None)
+        logprobs = getattr(getattr(choices[0], "logprobs", None), "content", None)
         if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
             problem = "a completion whose first choice has no text message"
+        elif logprobs is not None and not (isinstance(logprobs, list) and all(
+                isinstance(getattr(t, "token", None), str) and isinstance(getattr(t, "logprob", None), (int, float))
+                for t in logprobs)):
+            problem = "a completion whose log-probabilities are not a list of tokens"
     if problem is None:
         return
     if isinstance(resp, str):
