@@ -8,9 +8,6 @@ import pandas as pd
 
 from labelwise._report import write_run_outputs
 
-LABELS = ("企业", "园区", "金融支持")
-
-
 def row(n: int, labels: list[str], gold: list[str], confidence: float | None, status: str = "ok") -> dict:
     return {"id": f"id{n:03d}", "text": f"文本{n}", "labels": labels, "gold": gold, "confidence": confidence,
             "status": status, "error": None if status == "ok" else "invalid answer"}
@@ -28,7 +25,7 @@ def test_disagreements_are_the_surest_first_ties_in_input_order(tmp_path):
             rows.append(row(n, ["金融支持", "企业"], ["企业"], conf))  # top-1 not among the existing labels
         else:
             rows.append(row(n, [], ["企业"], None, status="failed"))
-    summary = write_run_outputs(tmp_path, rows, LABELS)
+    summary = write_run_outputs(tmp_path, rows)
 
     dis = pd.read_csv(tmp_path / "disagreements.csv", encoding="utf-8-sig", keep_default_na=False)
     disagreeing = [r for r in rows if r["status"] == "ok" and r["labels"][0] not in r["gold"]]

@@ -11,11 +11,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text"],
+    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text", "EncodingGuessWarning"],
     "._taxonomy": ["Taxonomy", "load_taxonomy"],
     "._prompts": ["PromptSpec", "load_prompt"],
     "._examples": ["SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector"],
-    "._models": ["Model", "ModelRequest", "ModelAnswer", "LocalModel", "OpenAIModel", "get_model"],
+    "._models": ["Model", "ModelOptions", "ModelRequest", "ModelAnswer", "LocalModel", "OpenAIModel", "get_model",
+                  "register_model"],
     "._cache": ["ResponseCache"],
     "._schema": ["Prediction"],
     "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],

@@ -8,8 +8,8 @@ LabelwiseError
  │    └── SpecError             an eval spec is malformed
  ├── ModelError                 talking to a model failed
  │    ├── ModelConfigError      unknown model spec, missing key, missing extra
- │    ├── TransportError        network / HTTP failure after retries (status, attempts)
- │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota)
+ │    ├── TransportError        network / HTTP failure or malformed answer after retries (status, attempts, raw)
+ │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota): a run stops
  │    └── OutputError           the answer could not be validated (raw output kept)
  └── RunError                   a relabel run directory can't be resumed as asked
 """
@@ -97,9 +97,10 @@ class ModelConfigError(ModelError):
 class TransportError(ModelError):
     """The request failed at the network or HTTP level, after any retries."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1, raw: str | None = None) -> None:
         self.status = status
         self.attempts = attempts
+        self.raw = raw  # the body of a malformed answer, kept for the failed prediction
         super().__init__(message)
 
 

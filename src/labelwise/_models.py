@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from typing import Any
 from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
+from ._redact import install_log_redaction, redact, register_secret
 
-__all__ = ["ModelRequest", "ModelAnswer", "Model", "OpenAIModel", "LocalModel", "get_model", "STRUCTURED_MODES"]
+__all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
+           "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
+RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ModelAnswer:
     tokens: list[tuple[str, float]] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     mode: str = ""
+    attempts: int = 1  # requests sent for this answer (transport retries included); not cached
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode}
@@ -67,6 +72,8 @@ class Model(ABC):
 
     name: str
     answer_format: str = "json"
+    # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
+    owned: bool = True
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> ModelAnswer:
@@ -75,6 +82,10 @@ class Model(ABC):
     def identity(self) -> dict[str, Any]:
         """What distinguishes this model's answers in the cache (never a secret)."""
         return {"model": self.name}
+
+    def describe(self) -> dict[str, Any]:
+        """What a run's manifest records about this model (never a secret)."""
+        return self.identity()
 
     async def aclose(self) -> None:
         """Release connections or weights."""
@@ -134,7 +145,54 @@ def _fatal_message(err: BaseException, base_url: str) -> str:
         429: "quota exhausted: check your plan and billing",
     }.get(status, "request failed")
     detail = getattr(err, "message", None) or str(err)
-    return f"{hint} (HTTP {status} from {base_url}): {detail}"
+    return redact(f"{hint} (HTTP {status} from {base_url}): {detail}")
+
+
+def _item_specific(err: BaseException) -> bool:
+    """A 400 about this request's content (too long, filtered): that item fails, the run goes on."""
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else getattr(err, "code", None)
+    text = f"{getattr(err, 'message', '')}".lower()
+    return code in ("context_length_exceeded", "content_filter", "content_policy_violation") or "context length" in text
+
+
+class _Malformed(Exception):
+    """Internal: a 200 that is not a usable chat completion; retried like a transport fault."""
+
+    def __init__(self, what: str, body: str) -> None:
+        self.what, self.body = what, body
+        super().__init__(what)
+
+
+def _check_completion(resp: Any) -> None:
+    """Raise `_Malformed` unless `resp` is a chat completion with a first choice holding a text message."""
+    choices = getattr(resp, "choices", None)
+    problem = None
+    if isinstance(resp, str):
+        problem = "a non-JSON body"
+    elif not isinstance(choices, list):
+        problem = "JSON that is not a chat completion (no `choices` list)"
+    elif not choices:
+        problem = "a completion with no choices"
+    else:
+        message = getattr(choices[0], "message", None)
+        logprobs = getattr(getattr(choices[0], "logprobs", None), "content", None)
+        if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+            problem = "a completion whose first choice has no text message"
+        elif logprobs is not None and not (isinstance(logprobs, list) and all(
+                isinstance(getattr(t, "token", None), str) and isinstance(getattr(t, "logprob", None), (int, float))
+                for t in logprobs)):
+            problem = "a completion whose log-probabilities are not a list of tokens"
+    if problem is None:
+        return
+    if isinstance(resp, str):
+        body = resp
+    else:
+        try:
+            body = resp.to_json(indent=None)
+        except Exception:  # noqa: BLE001 - any repr of a broken object will do for the record
+            body = repr(resp)
+    raise _Malformed(problem, body)
 
 
 class _FormatRejected(Exception):
@@ -168,6 +226,8 @@ class OpenAIModel(Model):
             if "api.openai.com" in self.base_url:
                 raise ModelConfigError("OPENAI_API_KEY is not set (needed for api.openai.com)")
             key = "no-key"  # local servers accept any key; the SDK insists on one
+        register_secret(key)
+        install_log_redaction()
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
@@ -179,6 +239,9 @@ class OpenAIModel(Model):
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
 
     @property
     def mode(self) -> str:
@@ -240,7 +303,8 @@ class OpenAIModel(Model):
         est_tokens = len(request.prompt) // 2 + request.max_tokens
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: _is_retryable(e) and not self._format_rejected(e, mode)),
+                retry=retry_if_exception(lambda e: isinstance(e, _Malformed)
+                                         or _is_retryable(e) and not self._format_rejected(e, mode)),
                 stop=stop,
                 wait=wait, before_sleep=before_sleep, reraise=True,
             ):
@@ -249,9 +313,13 @@ class OpenAIModel(Model):
                     self.stats["requests"] += 1
                     ok = False
                     try:
-                        resp = await self._create(request, mode)
+                        try:
+                            resp = await self._create(request, mode)
+                        except json.JSONDecodeError as err:  # a 200 whose JSON content-type body isn't JSON
+                            raise _Malformed("a body that is not valid JSON", err.doc) from None
                         ok = True
-                        return resp
+                        _check_completion(resp)
+                        return resp, attempt.retry_state.attempt_number
                     finally:
                         self.limiter.release(ok)
         except openai.APIStatusError as err:
@@ -261,7 +329,15 @@ class OpenAIModel(Model):
             if _is_retryable(err):
                 raise TransportError(f"gave up after {attempts} attempts: HTTP {err.status_code} from {self.base_url}",
                                      status=err.status_code, attempts=attempts) from err
+            if _item_specific(err):
+                raise TransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
             raise FatalTransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
+        except _Malformed as err:
+            attempts = attempt.retry_state.attempt_number
+            body = redact(err.body) or ""
+            cut = f" [cut: {len(body) - RAW_BODY_CAP} more characters]" if len(body) > RAW_BODY_CAP else ""
+            raise TransportError(f"gave up after {attempts} attempts: HTTP 200 from {self.base_url} with {err.what}",
+                                 status=200, attempts=attempts, raw=body[:RAW_BODY_CAP] + cut) from None
         except openai.APIConnectionError as err:
             attempts = attempt.retry_state.attempt_number
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
@@ -279,12 +355,14 @@ class OpenAIModel(Model):
         while True:
             mode = self.modes[0]
             try:
-                resp = await self._send(request, mode)
+                resp, attempts = await self._send(request, mode)
             except _FormatRejected:
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            return self._answer(resp, mode)
+            answer = self._answer(resp, mode)
+            answer.attempts = attempts
+            return answer
 
     def _answer(self, resp, mode: str) -> ModelAnswer:
         choice = resp.choices[0]
@@ -356,6 +434,7 @@ class LocalModel(Model):
     """The embedded model: llama.cpp in-process, completion-style, answers constrained to the labels by a grammar."""
 
     answer_format = "labels"
+    owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
     def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0) -> None:
         try:
@@ -486,19 +565,54 @@ class LocalModel(Model):
                 self._llm = None
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options a labeler hands to whichever model its spec names; a model takes the ones it understands."""
+
+    base_url: str | None = None
+    structured: str = "auto"
+    timeout: float = 60.0
+    limiter: RateLimiter | None = None
+
+
+ModelFactory = Callable[[str, ModelOptions], Model]
+_REGISTRY: dict[str, tuple[ModelFactory, str]] = {}
+
+
+def register_model(kind: str, usage: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register the factory of specs `KIND` / `KIND:REST`; `usage` is how the spec is written, for messages."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[kind] = (factory, usage)
+        return factory
+
+    return add
+
+
 _LOCAL_CACHE: dict[str | None, LocalModel] = {}
 
 
-def get_model(spec: str = "local", *, base_url: str | None = None, **options: Any) -> Model:
-    """The model for a spec: `local`, `local:PATH.gguf` or `openai:NAME`."""
+@register_model("local", "local | local:PATH.gguf")
+def _local(rest: str, options: ModelOptions) -> Model:
+    path = rest or None
+    if path not in _LOCAL_CACHE:  # weights are loaded once per process
+        _LOCAL_CACHE[path] = LocalModel(path)
+    return _LOCAL_CACHE[path]
+
+
+@register_model("openai", "openai:MODEL")
+def _openai(rest: str, options: ModelOptions) -> Model:
+    if not rest:
+        raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
+    return OpenAIModel(rest, base_url=options.base_url, structured=options.structured, timeout=options.timeout,
+                       limiter=options.limiter)
+
+
+def get_model(spec: str = "local", options: ModelOptions | None = None) -> Model:
+    """The model a spec names (`local`, `local:PATH.gguf`, `openai:NAME`, or a registered kind)."""
     kind, _, rest = spec.partition(":")
-    if kind == "local":
-        path = rest or None
-        if path not in _LOCAL_CACHE:  # weights are loaded once per process
-            _LOCAL_CACHE[path] = LocalModel(path)
-        return _LOCAL_CACHE[path]
-    if kind == "openai":
-        if not rest:
-            raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
-        return OpenAIModel(rest, base_url=base_url, **options)
-    raise ModelConfigError(f"unknown model {spec!r}; use local, local:PATH.gguf or openai:MODEL")
+    if kind not in _REGISTRY:
+        known = " | ".join(usage for _, usage in _REGISTRY.values())
+        raise ModelConfigError(f"unknown model {spec!r}; use {known}")
+    factory, _ = _REGISTRY[kind]
+    return factory(rest, options or ModelOptions())
