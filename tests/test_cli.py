@@ -88,13 +88,15 @@ def test_resume_is_refused_when_the_model_or_the_input_changed(cli, corpus, gguf
 
     other_model = cli(*args, "--model", f"local:{gguf_path}")
     assert other_model.exit_code == 2, str(other_model)
-    assert "other settings (model, settings differ)" in other_model.stderr and "--force" in other_model.stderr
+    assert "settings differ (" in other_model.stderr and "model: " in other_model.stderr, str(other_model)
+    assert "input_sha256" not in other_model.stderr and "--force" in other_model.stderr
 
     data.write_text(data.read_text(encoding="utf-8") + f"{corpus.items[12].labels[0]}\t{corpus.items[12].text}\n",
                     encoding="utf-8")
     other_input = cli(*args)
     assert other_input.exit_code == 2, str(other_input)
-    assert "other settings (input_sha256 differ)" in other_input.stderr
+    assert "settings differ (input_sha256: " in other_input.stderr, str(other_input)
+    assert "model: " not in other_input.stderr
     assert (out / "predictions.jsonl").read_bytes() == before  # nothing was touched
 
     forced = cli(*args, "--force")
