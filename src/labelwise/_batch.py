@@ -1,0 +1,477 @@
+"""Bulk runs through batch files: the OpenAI Batch API (or any compatible provider), and files for vLLM's run-batch.
+
+One request line per item (or per group of `items_per_request`): `{"custom_id", "method", "url", "body"}`, the body
+being exactly what the online path sends (`OpenAIModel.chat_body`). Answers come back as output lines
+`{"id", "custom_id", "response": {"status_code", "body"}, "error"}` (OpenAI's and vLLM's format alike) and go through
+the labeler's own validation, re-asks and cache (`Labeler.afinish`), so a later online run is served from the cache.
+
+Run-directory state (`RUN/batch/`), written atomically before anything is waited on, so a kill at any point loses
+nothing and submits nothing twice: `state.json` (one entry per part: file id, batch id, status), and per part
+`NNNN-input.jsonl` (the uploaded file), `NNNN-plan.jsonl` (items and the request of each line), and the downloaded
+`NNNN-output.jsonl` / `NNNN-errors.jsonl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._exceptions import ModelConfigError, RunError
+from ._io import atomic_write_bytes, atomic_write_json, read_jsonl_repairing
+from ._models import ModelAnswer, ModelRequest
+
+__all__ = ["BatchConfig", "LIMITS", "ENDPOINT", "arun_batch", "aexport", "batch_status", "cancel_batches",
+           "custom_id", "request_lines"]
+
+# The provider's limits per batch input file (OpenAI's): every split reads them from here.
+LIMITS = {"max_requests": 50_000, "max_bytes": 200 * 1024 * 1024}
+ENDPOINT = "/v1/chat/completions"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+UNRUN = ("batch_expired", "batch_cancelled")  # line errors that mean "never executed": the item is resubmitted
+
+
+class BatchConfig(BaseModel):
+    """How a relabel run goes through batch files: submit to the Batch API, or export / import files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["api", "export", "import"] = "api"
+    path: str | None = None  # the file written by export, or read by import
+    wait: bool = True  # api: poll until every batch ends (False: submit, record, return)
+    reask: Literal["online", "batch"] = "online"  # where invalid answers and failed lines are asked again
+    poll_s: float = Field(5.0, gt=0)  # first poll interval; it grows by half each poll up to max_poll_s
+    max_poll_s: float = Field(60.0, gt=0)
+    max_requests: int = Field(LIMITS["max_requests"], ge=1)
+    max_bytes: int = Field(LIMITS["max_bytes"], ge=1024)
+
+
+def custom_id(items: Sequence[tuple[str, str]], attempt: int = 1) -> str:
+    """A line's custom_id: its item ids joined by `+` (and `#attempt` for a re-ask), so results map back by content."""
+    return "+".join(iid for iid, _ in items) + (f"#{attempt}" if attempt > 1 else "")
+
+
+def _ids(cid: str) -> list[str]:
+    return cid.split("#", 1)[0].split("+")
+
+
+def _request_dict(request: ModelRequest) -> dict[str, Any]:
+    return dict(request.__dict__)
+
+
+def _request_from(d: dict[str, Any]) -> ModelRequest:
+    """A ModelRequest back from its JSON form (tuples restored, so it hashes and extends as the original did)."""
+    return ModelRequest(**{**d, "labels": tuple(d["labels"]), "keys": tuple(d["keys"]),
+                           "reasks": tuple(tuple(r) for r in d["reasks"])})
+
+
+def _model(labeler: Any) -> Any:
+    model = labeler.model
+    if not hasattr(model, "chat_body"):
+        raise ModelConfigError(f"batch files need an openai:MODEL (a chat-completions model), not {model.name}")
+    return model
+
+
+def request_lines(labeler: Any, plans: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The batch input lines for planned requests: the online request body under each custom_id."""
+    model = _model(labeler)
+    return [(json.dumps({"custom_id": p["custom_id"], "method": "POST", "url": ENDPOINT,
+                         "body": model.chat_body(_request_from(p["request"]))}, ensure_ascii=False) + "\n").encode()
+            for p in plans]
+
+
+def _plan(labeler: Any, items: Sequence[tuple[str, str]], request: ModelRequest | None = None,
+          attempt: int = 1) -> dict[str, Any]:
+    """One request line's plan: its items, request (as the online path builds it), examples and attempt."""
+    examples: list[str] = []
+    if request is None:
+        request, examples = labeler.plan_request(items)
+    return {"custom_id": custom_id(items, attempt), "items": [list(x) for x in items], "examples": examples,
+            "request": _request_dict(request), "attempt": attempt}
+
+
+def _plans_for(labeler: Any, todo: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    size = labeler.config.items_per_request
+    labeler._prefetch(list(todo))  # examples for everything in one vectorised pass, as the online path does
+    return [_plan(labeler, todo[i:i + size]) for i in range(0, len(todo), size)]
+
+
+def _split(lines: list[bytes], max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of lines such that each file keeps within the request and byte limits."""
+    parts, start, size = [], 0, 0
+    for i, line in enumerate(lines):
+        if len(line) > max_bytes:
+            raise RunError(f"request line {i + 1} is {len(line):,} bytes, more than a batch file may hold ({max_bytes:,})")
+        if i > start and (i - start >= max_requests or size + len(line) > max_bytes):
+            parts.append((start, i))
+            start, size = i, 0
+        size += len(line)
+    if start < len(lines):
+        parts.append((start, len(lines)))
+    return parts
+
+
+def _answer_of(model: Any, row: dict[str, Any]) -> ModelAnswer | Exception | None:
+    """The answer in one output line; an Exception for a failed request; None for a request never executed."""
+    err, resp = row.get("error"), row.get("response")
+    if isinstance(err, dict) and err.get("code") in UNRUN:
+        return None
+    if isinstance(resp, dict) and resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
+        try:
+            return model.answer_from_body(resp["body"])
+        except Exception as e:  # noqa: BLE001 - a malformed body is this line's failure, not the run's
+            return RunError(f"batch line {row.get('custom_id')}: unreadable response body ({e})")
+    if isinstance(resp, dict) and resp.get("status_code"):
+        body = resp.get("body") or {}
+        msg = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        return RunError(f"batch line failed: HTTP {resp['status_code']}{': ' + msg if msg else ''}")
+    detail = err.get("message") if isinstance(err, dict) else err
+    return RunError(f"batch line failed: {detail or 'no response'}")
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    """Output lines of a results file; a bad line fails with its file and line number."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RunError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("custom_id"), str):
+            raise RunError(f"{path}, line {n}: a batch output line needs a string `custom_id`")
+        rows.append(row)
+    return rows
+
+
+class _Usage:
+    """Tokens of batch answers (billed at batch prices) and of online re-asks (online prices)."""
+
+    def __init__(self, labeler: Any) -> None:
+        self.batch = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.labeler = labeler
+        self.online0 = {k: labeler.stats[k] for k in self.batch}
+
+    def add(self, answer: Any) -> None:
+        if isinstance(answer, ModelAnswer):
+            for k in self.batch:
+                self.batch[k] += answer.usage.get(k, 0)
+
+    def report(self, prices: dict[str, Any]) -> dict[str, Any]:
+        from ._runner import cost_of
+
+        name = self.labeler.model.name
+        online = {k: self.labeler.stats[k] - v for k, v in self.online0.items()}
+        return {"tokens": self.batch, "cost_usd": cost_of(self.batch, name, prices, batch=True),
+                "online_reask_tokens": online, "online_reask_cost_usd": cost_of(online, name, prices)}
+
+
+async def _apply(labeler: Any, model: Any, plan: dict[str, Any], row: dict[str, Any] | None, texts: dict[str, str],
+                 todo: dict[str, str], record: Callable[[Any], None], usage: _Usage, defer: Callable[..., None] | None) -> bool:
+    """Feed one line's result through the labeler; False when the line was never executed (item left to redo)."""
+    items = [(iid, texts.get(iid, text)) for iid, text in plan["items"]]
+    if not any(iid in todo for iid, _ in items):
+        return True  # recorded by an earlier (killed) pass over the same results
+    answer = _answer_of(model, row) if row is not None else None
+    if answer is None:
+        return False
+    usage.add(answer)
+    preds = await labeler.afinish(items, _request_from(plan["request"]), plan["examples"], answer,
+                                  start=plan["attempt"], defer=defer)
+    for iid, pred in preds.items():
+        if todo.pop(iid, None) is not None:
+            record(pred)
+    return True
+
+
+# --------------------------------------------------------------------------- export / import (vLLM run-batch)
+
+
+async def aexport(cfg: BatchConfig, labeler: Any, items: Sequence[Any]) -> dict[str, Any]:
+    """Write the request file for every item not already answered under these settings; call nothing."""
+    if not cfg.path:
+        raise RunError("batch export needs a file path")
+    todo = [(it.id, it.text) for it in items if labeler._memo(it.id, it.text) is None]
+    plans = _plans_for(labeler, todo)
+    atomic_write_bytes(cfg.path, b"".join(request_lines(labeler, plans)))
+    return {"exported": str(cfg.path), "requests": len(plans), "items": len(todo), "already_cached": len(items) - len(todo)}
+
+
+async def _aimport(cfg: BatchConfig, labeler: Any, texts: dict[str, str], todo: dict[str, str],
+                   record: Callable[[Any], None], prices: dict[str, Any]) -> dict[str, Any]:
+    """Read a results file (OpenAI batch output / vLLM run-batch output) into the run; each line is re-planned
+    from its custom_id, so its answer is validated and cached under the request the online path would send."""
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise RunError(f"batch results file not found: {path}")
+    if cfg.reask == "batch":
+        raise RunError("--batch-reask works with --batch only; imported results are re-asked online")
+    model, usage = _model(labeler), _Usage(labeler)
+    rows = _read_results(path)
+    foreign = done = unrun = 0
+    for row in rows:
+        ids = _ids(row["custom_id"])
+        if any(i not in texts for i in ids):
+            foreign += 1
+            continue
+        if not any(i in todo for i in ids):
+            done += 1
+            continue
+        unrun += not await _apply(labeler, model, _plan(labeler, [(i, texts[i]) for i in ids]), row, texts, todo,
+                                  record, usage, None)
+    return {"mode": "import", "path": str(path), "lines": len(rows), "lines_not_in_this_run": foreign,
+            "lines_already_done": done, "lines_never_executed": unrun, "items_left": len(todo), **usage.report(prices)}
+
+
+# --------------------------------------------------------------------------- the Batch API
+
+
+class _State:
+    """`RUN/batch/state.json`: one entry per submitted part; saved atomically after every step."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "batch"
+        self.path = self.dir / "state.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {"parts": []}
+        self.parts: list[dict[str, Any]] = self.data["parts"]
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    def file(self, part: dict[str, Any], kind: str) -> Path:
+        return self.dir / f"{part['n']:04d}-{kind}.jsonl"
+
+    def plans(self, part: dict[str, Any]) -> list[dict[str, Any]]:
+        rows, _ = read_jsonl_repairing(self.file(part, "plan"))
+        return rows
+
+    def add(self, labeler: Any, plans: list[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
+        """Write input and plan files for new parts (split at the limits), then record them: nothing is sent yet."""
+        lines = request_lines(labeler, plans)
+        new = []
+        for start, end in _split(lines, cfg.max_requests, cfg.max_bytes):
+            part = {"n": len(self.parts), "round": round_, "requests": end - start,
+                    "items": sum(len(p["items"]) for p in plans[start:end]), "bytes": sum(map(len, lines[start:end])),
+                    "file_id": None, "batch_id": None, "status": "written", "processed": False}
+            atomic_write_bytes(self.file(part, "plan"),
+                               "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in plans[start:end]).encode())
+            atomic_write_bytes(self.file(part, "input"), b"".join(lines[start:end]))
+            self.parts.append(part)
+            new.append(part)
+        self.save()
+        return new
+
+
+def _client(model: Any) -> Any:
+    """The model's client with the SDK's own retries (backoff, Retry-After) for the few Batch API calls."""
+    return model.client.with_options(max_retries=5)
+
+
+async def _submit(client: Any, state: _State, part: dict[str, Any]) -> None:
+    """Upload and create the batch of a part, recording each id as soon as it exists."""
+    if part["file_id"] is None:
+        data = state.file(part, "input").read_bytes()
+        f = await client.files.create(file=(state.file(part, "input").name, data), purpose="batch")
+        part.update(file_id=f.id, uploaded_at=int(time.time()), status="uploaded")
+        state.save()
+    if part["batch_id"] is None:
+        found = None
+        if part.get("creating"):  # a kill may have come between the server creating it and our recording it
+            async for b in client.batches.list(limit=100):
+                if b.input_file_id == part["file_id"]:
+                    found = b
+                    break
+                if b.created_at < part["uploaded_at"] - 3600:
+                    break
+        if found is None:
+            part["creating"] = True
+            state.save()
+            found = await client.batches.create(input_file_id=part["file_id"], endpoint=ENDPOINT,
+                                                completion_window="24h", metadata={"labelwise_part": str(part["n"])})
+        part.update(batch_id=found.id, status=found.status)
+        state.save()
+
+
+class _Bar:
+    """A rich bar of completed / failed requests over the batches being waited on; silent when not on a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("failed {task.fields[failed]}  {task.fields[status]}"), stderr=True)
+            self.task = self.bar.add_task("batch", total=total, failed=0, status="")
+            self.bar.start()
+
+    def update(self, done: int, failed: int, status: str) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=done + failed, failed=failed, status=status)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+async def _wait(client: Any, state: _State, parts: list[dict[str, Any]], cfg: BatchConfig, progress: bool) -> None:
+    """Poll the parts' batches with growing intervals until each has ended."""
+    bar = _Bar(sum(p["requests"] for p in parts), progress)
+    delay = cfg.poll_s
+    try:
+        while True:
+            done = failed = 0
+            statuses = []
+            for part in parts:
+                if part["status"] not in TERMINAL:
+                    b = await client.batches.retrieve(part["batch_id"])
+                    counts = b.request_counts
+                    part.update(status=b.status, output_file_id=b.output_file_id, error_file_id=b.error_file_id,
+                                counts={"total": counts.total, "completed": counts.completed, "failed": counts.failed}
+                                if counts else None,
+                                errors=[e.model_dump() for e in (b.errors.data or [])] if b.errors else None)
+                c = part.get("counts") or {}
+                done += c.get("completed", 0)
+                failed += c.get("failed", 0)
+                statuses.append(part["status"])
+            state.save()
+            bar.update(done, failed, " ".join(f"{s}:{statuses.count(s)}" for s in dict.fromkeys(statuses)))
+            if all(s in TERMINAL for s in statuses):
+                return
+            await asyncio.sleep(delay)
+            delay = min(cfg.max_poll_s, delay * 1.5)
+    finally:
+        bar.close()
+
+
+async def _collect(client: Any, state: _State, part: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Download (once) the output and error files of an ended part; rows by custom_id."""
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, key in (("output", "output_file_id"), ("errors", "error_file_id")):
+        path = state.file(part, kind)
+        if part.get(key) and not path.exists():
+            content = await client.files.content(part[key])
+            atomic_write_bytes(path, content.content)
+        if path.exists():
+            for row in _read_results(path):
+                rows.setdefault(row["custom_id"], row)
+    return rows
+
+
+async def arun_batch(cfg: BatchConfig, labeler: Any, todo_items: Sequence[tuple[str, str]], run_dir: Path,
+                     record: Callable[[Any], None], prices: dict[str, Any], *, progress: bool | None = None) -> dict[str, Any]:
+    """Label `todo_items` through batch files (api or import); each prediction goes to `record`; returns the report."""
+    model = _model(labeler)
+    texts, todo = dict(todo_items), {}
+    for iid, text in todo_items:
+        hit = labeler._memo(iid, text)
+        if hit is not None:
+            record(hit)
+        else:
+            todo[iid] = text
+    if cfg.mode == "import":
+        return await _aimport(cfg, labeler, texts, todo, record, prices)
+    progress = sys.stderr.isatty() if progress is None else progress
+    client, state, usage = _client(model), _State(run_dir), _Usage(labeler)
+    notes: list[str] = []
+    open_parts = [p for p in state.parts if not p["processed"]]
+    covered = {iid for p in open_parts for plan in state.plans(p) for iid, _ in plan["items"]}
+    fresh = [(iid, text) for iid, text in todo.items() if iid not in covered]
+    round_ = max((p["round"] for p in state.parts), default=-1) + 1
+    if fresh:
+        open_parts += state.add(labeler, _plans_for(labeler, fresh), cfg, round_)
+    deferred: list[dict[str, Any]] = []
+
+    def defer(items: Sequence[tuple[str, str]], request: ModelRequest, examples: list[str], attempt: int) -> None:
+        deferred.append({**_plan(labeler, items, request, attempt), "examples": examples})
+
+    while open_parts:
+        for part in open_parts:
+            await _submit(client, state, part)
+        if not cfg.wait:
+            break
+        await _wait(client, state, open_parts, cfg, progress)
+        for part in open_parts:
+            rows = await _collect(client, state, part)
+            unrun = 0
+            for plan in state.plans(part):
+                unrun += not await _apply(labeler, model, plan, rows.get(plan["custom_id"]), texts, todo, record, usage,
+                                          defer if cfg.reask == "batch" else None)
+            part.update(processed=True, unfinished_requests=unrun)
+            if part["status"] != "completed" or unrun:
+                why = "; ".join(f"line {e.get('line')}: {e.get('message')}" for e in (part.get("errors") or [])[:5])
+                notes.append(f"batch {part['batch_id']} {part['status']}{': ' + why if why else ''}: "
+                             f"{unrun} of {part['requests']} requests unfinished; their items are resubmitted on the next run")
+        round_ += 1
+        # one atomic write: the parts just processed, and the follow-up parts holding their re-asks
+        open_parts = state.add(labeler, deferred, cfg, round_) if deferred else []
+        deferred = []
+        state.save()
+    pending = [p for p in state.parts if not p["processed"]]
+    return {
+        "mode": "api", "endpoint": ENDPOINT,
+        "batches": [{k: p.get(k) for k in ("n", "round", "batch_id", "file_id", "status", "requests", "items", "counts",
+                                           "unfinished_requests")} for p in state.parts],
+        "requests_submitted": sum(p["requests"] for p in state.parts),
+        "pending_batches": len(pending), "items_left": len(todo), "notes": notes, **usage.report(prices),
+    }
+
+
+# --------------------------------------------------------------------------- status / cancel
+
+
+def _run_client(run_dir: Path, base_url: str | None) -> tuple[Any, _State]:
+    from ._models import OpenAIModel
+
+    state = _State(Path(run_dir))
+    info = Path(run_dir) / "run.json"
+    if not state.path.exists() or not info.exists():
+        raise RunError(f"{run_dir} has no batches (no batch/state.json)")
+    fp = json.loads(info.read_text(encoding="utf-8"))["fingerprint"]
+    name = fp["model"]
+    if not name.startswith("openai:"):
+        raise RunError(f"{run_dir} was run with {name}, not an openai: model")
+    model = OpenAIModel(name.removeprefix("openai:"), base_url=base_url or fp["settings"].get("base_url"))
+    return model, state
+
+
+async def _astatus(run_dir: Path, base_url: str | None, cancel: bool) -> list[dict[str, Any]]:
+    model, state = _run_client(run_dir, base_url)
+    client = _client(model)
+    out = []
+    try:
+        for part in state.parts:
+            row = {"n": part["n"], "batch_id": part["batch_id"], "requests": part["requests"], "items": part["items"],
+                   "local": "processed" if part["processed"] else "waiting" if part["batch_id"] else "not submitted"}
+            if part["batch_id"]:
+                b = await client.batches.retrieve(part["batch_id"])
+                if cancel and b.status not in TERMINAL and b.status != "cancelling":
+                    b = await client.batches.cancel(part["batch_id"])
+                    row["cancelled"] = True
+                c = b.request_counts
+                row.update(status=b.status, completed=c.completed if c else None, failed=c.failed if c else None)
+            out.append(row)
+    finally:
+        await model.aclose()
+    return out
+
+
+def batch_status(run_dir: str | Path, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Where each batch of a run stands (asks the provider)."""
+    from ._labeler import run_sync
+
+    return run_sync(_astatus(Path(run_dir), base_url, cancel=False))
+
+
+def cancel_batches(run_dir: str | Path, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Cancel every running batch of a run; what is answered by then is collected by the next run."""
+    from ._labeler import run_sync
+
+    return run_sync(_astatus(Path(run_dir), base_url, cancel=True))
