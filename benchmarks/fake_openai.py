@@ -93,9 +93,15 @@ class _BatchAPI:
     scenario: Scenario
     _rng: random.Random
 
+    @property
+    def batch_stats(self) -> dict[str, int]:
+        """Counters: files uploaded, batches created and cancelled, request lines answered."""
+        self._batch_init()
+        return self._bstats
+
     def _batch_init(self) -> None:
-        if not hasattr(self, "batch_stats"):
-            self.batch_stats = {"files_uploaded": 0, "batches_created": 0, "batches_cancelled": 0, "lines": 0}
+        if not hasattr(self, "_bstats"):
+            self._bstats = {"files_uploaded": 0, "batches_created": 0, "batches_cancelled": 0, "lines": 0}
             self._files: dict[str, dict[str, Any]] = {}
             self._batches: dict[str, dict[str, Any]] = {}
             self._line_script: collections.deque[str] = collections.deque(self.scenario.batch.line_script)

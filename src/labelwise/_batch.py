@@ -282,21 +282,41 @@ async def _submit(client: Any, state: _State, part: dict[str, Any]) -> None:
         part.update(file_id=f.id, uploaded_at=int(time.time()), status="uploaded")
         state.save()
     if part["batch_id"] is None:
-        found = None
-        if part.get("creating"):  # a kill may have come between the server creating it and our recording it
-            async for b in client.batches.list(limit=100):
+        _note(part, await _create(client, state, part))
+        state.save()
+
+
+def _note(part: dict[str, Any], b: Any) -> None:
+    """Record what a Batch object says about a part."""
+    counts = b.request_counts
+    part.update(batch_id=b.id, status=b.status, output_file_id=b.output_file_id, error_file_id=b.error_file_id,
+                counts={"total": counts.total, "completed": counts.completed, "failed": counts.failed} if counts else None,
+                errors=[e.model_dump() for e in (b.errors.data or [])] if b.errors else None)
+
+
+async def _create(client: Any, state: _State, part: dict[str, Any]) -> Any:
+    """Create a part's batch exactly once: an attempt that may have reached the server (a kill, a timeout) is
+    looked up by its input file before another is made, so a batch is never created twice."""
+    import openai
+
+    once = client.with_options(max_retries=0)
+    for attempt in range(4):
+        if part.get("creating"):
+            async for b in client.batches.list(limit=100):  # newest first
                 if b.input_file_id == part["file_id"]:
-                    found = b
-                    break
+                    return b
                 if b.created_at < part["uploaded_at"] - 3600:
                     break
-        if found is None:
-            part["creating"] = True
-            state.save()
-            found = await client.batches.create(input_file_id=part["file_id"], endpoint=ENDPOINT,
-                                                completion_window="24h", metadata={"labelwise_part": str(part["n"])})
-        part.update(batch_id=found.id, status=found.status)
+        part["creating"] = True
         state.save()
+        try:
+            return await once.batches.create(input_file_id=part["file_id"], endpoint=ENDPOINT, completion_window="24h",
+                                             metadata={"labelwise_part": str(part["n"])})
+        except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError):
+            if attempt == 3:
+                raise
+            await asyncio.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 class _Bar:
@@ -331,12 +351,7 @@ async def _wait(client: Any, state: _State, parts: list[dict[str, Any]], cfg: Ba
             statuses = []
             for part in parts:
                 if part["status"] not in TERMINAL:
-                    b = await client.batches.retrieve(part["batch_id"])
-                    counts = b.request_counts
-                    part.update(status=b.status, output_file_id=b.output_file_id, error_file_id=b.error_file_id,
-                                counts={"total": counts.total, "completed": counts.completed, "failed": counts.failed}
-                                if counts else None,
-                                errors=[e.model_dump() for e in (b.errors.data or [])] if b.errors else None)
+                    _note(part, await client.batches.retrieve(part["batch_id"]))
                 c = part.get("counts") or {}
                 done += c.get("completed", 0)
                 failed += c.get("failed", 0)
