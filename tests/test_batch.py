@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labelwise import Labeler
-from labelwise._batch import BatchConfig, _split
+from labelwise._batch import BatchConfig, _chunks
 from labelwise._labeler import LabelerConfig
 from labelwise._runner import RelabelConfig, relabel
 
@@ -181,9 +181,11 @@ def test_split_at_the_configured_limit(data, tmp_path, fake_server, limit):
 
 def test_split_never_exceeds_either_limit():
     sizes = [10, 10, 10, 30, 5, 5, 5, 5, 50]
-    parts = _split([b"x" * n for n in sizes], max_requests=3, max_bytes=50)
-    assert parts == [(0, 3), (3, 6), (6, 8), (8, 9)]
-    assert all(e - s <= 3 and sum(sizes[s:e]) <= 50 for s, e in parts)
+    parts = [[n for n, _ in c] for c in _chunks(((n, b"x" * k) for n, k in enumerate(sizes)), 3, 50)]
+    assert parts == [[0, 1, 2], [3, 4, 5], [6, 7], [8]]
+    assert all(len(p) <= 3 and sum(sizes[n] for n in p) <= 50 for p in parts)
+    with pytest.raises(Exception, match="request line 2 is 51 bytes"):
+        list(_chunks(((n, b"x" * k) for n, k in enumerate([5, 51])), 3, 50))
 
 
 def test_expired_batch_items_are_resubmitted_by_the_next_run(data, tmp_path, fake_server, cli):

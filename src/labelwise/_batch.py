@@ -17,24 +17,25 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._exceptions import ModelConfigError, RunError
-from ._io import atomic_write_bytes, atomic_write_json, read_jsonl_repairing
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, read_jsonl_repairing
 from ._models import ModelAnswer, ModelRequest
 
 __all__ = ["BatchConfig", "LIMITS", "ENDPOINT", "arun_batch", "aexport", "batch_status", "cancel_batches",
-           "custom_id", "request_lines"]
+           "custom_id", "request_line"]
 
 # The provider's limits per batch input file (OpenAI's): every split reads them from here.
 LIMITS = {"max_requests": 50_000, "max_bytes": 200 * 1024 * 1024}
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-UNRUN = ("batch_expired", "batch_cancelled")  # line errors that mean "never executed": the item is resubmitted
+UNRUN = ("batch_expired", "batch_cancelled")
+T = TypeVar("T")  # line errors that mean "never executed": the item is resubmitted
 
 
 class BatchConfig(BaseModel):
@@ -78,12 +79,11 @@ def _model(labeler: Any) -> Any:
     return model
 
 
-def request_lines(labeler: Any, plans: Sequence[dict[str, Any]]) -> list[bytes]:
-    """The batch input lines for planned requests: the online request body under each custom_id."""
-    model = _model(labeler)
-    return [(json.dumps({"custom_id": p["custom_id"], "method": "POST", "url": ENDPOINT,
-                         "body": model.chat_body(_request_from(p["request"]))}, ensure_ascii=False) + "\n").encode()
-            for p in plans]
+def request_line(model: Any, plan: dict[str, Any]) -> bytes:
+    """One batch input line: the online request body of a planned request under its custom_id."""
+    body = model.chat_body(_request_from(plan["request"]))
+    return (json.dumps({"custom_id": plan["custom_id"], "method": "POST", "url": ENDPOINT, "body": body},
+                       ensure_ascii=False) + "\n").encode()
 
 
 def _plan(labeler: Any, items: Sequence[tuple[str, str]], request: ModelRequest | None = None,
@@ -96,25 +96,31 @@ def _plan(labeler: Any, items: Sequence[tuple[str, str]], request: ModelRequest 
             "request": _request_dict(request), "attempt": attempt}
 
 
-def _plans_for(labeler: Any, todo: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+def _plans_for(labeler: Any, todo: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    """Plans for items in groups of `items_per_request`, examples selected a chunk at a time as online."""
     size = labeler.config.items_per_request
-    labeler._prefetch(list(todo))  # examples for everything in one vectorised pass, as the online path does
-    return [_plan(labeler, todo[i:i + size]) for i in range(0, len(todo), size)]
+    step = 256 * size
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        labeler._prefetch(list(chunk))
+        for i in range(0, len(chunk), size):
+            yield _plan(labeler, chunk[i:i + size])
 
 
-def _split(lines: list[bytes], max_requests: int, max_bytes: int) -> list[tuple[int, int]]:
-    """[start, end) ranges of lines such that each file keeps within the request and byte limits."""
-    parts, start, size = [], 0, 0
-    for i, line in enumerate(lines):
+def _chunks(pairs: Iterable[tuple[T, bytes]], max_requests: int, max_bytes: int) -> Iterator[list[tuple[T, bytes]]]:
+    """(thing, line) pairs cut into files that keep within the request and byte limits, streaming."""
+    part: list[tuple[T, bytes]] = []
+    size = 0
+    for n, (thing, line) in enumerate(pairs, 1):
         if len(line) > max_bytes:
-            raise RunError(f"request line {i + 1} is {len(line):,} bytes, more than a batch file may hold ({max_bytes:,})")
-        if i > start and (i - start >= max_requests or size + len(line) > max_bytes):
-            parts.append((start, i))
-            start, size = i, 0
+            raise RunError(f"request line {n} is {len(line):,} bytes, more than a batch file may hold ({max_bytes:,})")
+        if part and (len(part) >= max_requests or size + len(line) > max_bytes):
+            yield part
+            part, size = [], 0
+        part.append((thing, line))
         size += len(line)
-    if start < len(lines):
-        parts.append((start, len(lines)))
-    return parts
+    if part:
+        yield part
 
 
 def _answer_of(model: Any, row: dict[str, Any]) -> ModelAnswer | Exception | None:
@@ -199,9 +205,9 @@ async def aexport(cfg: BatchConfig, labeler: Any, items: Sequence[Any]) -> dict[
     if not cfg.path:
         raise RunError("batch export needs a file path")
     todo = [(it.id, it.text) for it in items if labeler._memo(it.id, it.text) is None]
-    plans = _plans_for(labeler, todo)
-    atomic_write_bytes(cfg.path, b"".join(request_lines(labeler, plans)))
-    return {"exported": str(cfg.path), "requests": len(plans), "items": len(todo), "already_cached": len(items) - len(todo)}
+    model = _model(labeler)
+    n = atomic_write_lines(cfg.path, (request_line(model, p) for p in _plans_for(labeler, todo)))
+    return {"exported": str(cfg.path), "requests": n, "items": len(todo), "already_cached": len(items) - len(todo)}
 
 
 async def _aimport(cfg: BatchConfig, labeler: Any, texts: dict[str, str], todo: dict[str, str],
@@ -252,17 +258,17 @@ class _State:
         rows, _ = read_jsonl_repairing(self.file(part, "plan"))
         return rows
 
-    def add(self, labeler: Any, plans: list[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
-        """Write input and plan files for new parts (split at the limits), then record them: nothing is sent yet."""
-        lines = request_lines(labeler, plans)
+    def add(self, labeler: Any, plans: Iterable[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
+        """Write input and plan files for new parts (cut at the limits), then record them: nothing is sent yet."""
+        model = _model(labeler)
         new = []
-        for start, end in _split(lines, cfg.max_requests, cfg.max_bytes):
-            part = {"n": len(self.parts), "round": round_, "requests": end - start,
-                    "items": sum(len(p["items"]) for p in plans[start:end]), "bytes": sum(map(len, lines[start:end])),
+        for chunk in _chunks(((p, request_line(model, p)) for p in plans), cfg.max_requests, cfg.max_bytes):
+            part = {"n": len(self.parts), "round": round_, "requests": len(chunk),
+                    "items": sum(len(p["items"]) for p, _ in chunk), "bytes": sum(len(line) for _, line in chunk),
                     "file_id": None, "batch_id": None, "status": "written", "processed": False}
             atomic_write_bytes(self.file(part, "plan"),
-                               "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in plans[start:end]).encode())
-            atomic_write_bytes(self.file(part, "input"), b"".join(lines[start:end]))
+                               "".join(json.dumps(p, ensure_ascii=False) + "\n" for p, _ in chunk).encode())
+            atomic_write_bytes(self.file(part, "input"), b"".join(line for _, line in chunk))
             self.parts.append(part)
             new.append(part)
         self.save()
