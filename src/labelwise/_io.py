@@ -12,7 +12,14 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_lines", "atomic_write_json", "append_jsonl", "read_jsonl_repairing"]
+__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_lines", "atomic_write_json", "append_jsonl", "read_jsonl_repairing"]
+
+
+def bundled(package: str) -> Path:
+    """Directory of files shipped inside labelwise (prompts, the bundled corpus), installed or from a checkout."""
+    from importlib.resources import files
+
+    return Path(str(files(package)))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import PromptError
-from ._io import parse_yaml
+from ._io import bundled, parse_yaml
 from ._taxonomy import Taxonomy
 
 __all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER"]
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+PROMPTS_DIR = bundled("labelwise.prompts")
 LABEL_JOINER = "、"
 _FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "batch_completion",
            "json_instruction"}

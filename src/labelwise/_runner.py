@@ -248,7 +248,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    summary = write_run_outputs(run_dir, rows)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
@@ -260,8 +260,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                   "skipped_lines": [{"line": s.line, "reason": s.reason} for s in corpus.skipped]},
         "examples": {"path": str(pool) if pool else "input (leave-one-out)",
                      "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
-        "model": labeler.model.name, "base_url": getattr(labeler.model, "base_url", None),
-        "structured_mode": getattr(labeler.model, "mode", "grammar"),
+        **labeler.model.describe(),
         "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
         "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
@@ -270,7 +269,6 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices) if batch is None
         else _sum(batch["cost_usd"], batch["online_reask_cost_usd"]), "batch": batch,
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
-        "transport": getattr(labeler.model, "stats", None),
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
