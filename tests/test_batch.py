@@ -198,6 +198,7 @@ def test_expired_batch_items_are_resubmitted_by_the_next_run(data, tmp_path, fak
     assert len(rows(out)) == 6
     m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert m["batch"]["items_left"] == 6 and "resubmitted on the next run" in m["batch"]["notes"][0]
+    assert m["counts"]["labeled_now"] == 6
     second = cli(*args)
     assert second.exit_code == 0, str(second)
     parts = state(out)["parts"]
@@ -321,6 +322,21 @@ def test_no_wait_status_cancel_then_rerun(data, tmp_path, fake_server, cli):
     server.scenario.batch.seconds = 0
     assert cli(*cli_args(data, out, server, "--batch", "--batch-poll", POLL)).exit_code == 0
     assert server.batch_stats["batches_created"] == 2 and len(rows(out)) == 12
+
+
+def test_force_with_other_settings_sets_the_old_batches_aside(data, tmp_path, fake_server, cli):
+    server = fake_server(batch={"seconds": 10_000})
+    out = tmp_path / "run"
+    assert cli(*cli_args(data, out, server, "--batch", "--no-wait")).exit_code == 0
+    server.scenario.batch.seconds = 0
+    refused = cli(*cli_args(data, out, server, "--batch", "--shots", "1"))
+    assert refused.exit_code == 2 and "--force" in refused.stderr
+    forced = cli(*cli_args(data, out, server, "--batch", "--batch-poll", POLL, "--shots", "1", "--force"))
+    assert forced.exit_code == 0, str(forced)
+    assert len(list(out.glob("batch.replaced-*"))) == 1 and server.batch_stats["batches_created"] == 2
+    assert [p["batch_id"] for p in state(out)["parts"]] == ["batch_fake2"]
+    got = rows(out)
+    assert len(got) == 12 and all(len(r["examples"]) == 1 for r in got), "answers come from the new settings' batch"
 
 
 def test_dry_run_batch_estimates_at_batch_prices(data, tmp_path, fake_server, cli, prices):

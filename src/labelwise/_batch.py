@@ -136,7 +136,8 @@ def _answer_of(model: Any, row: dict[str, Any]) -> ModelAnswer | Exception | Non
     if isinstance(resp, dict) and resp.get("status_code"):
         body = resp.get("body") or {}
         msg = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-        return RunError(f"batch line failed: HTTP {resp['status_code']}{': ' + msg if msg else ''}")
+        msg = msg or (err.get("message") if isinstance(err, dict) else err)  # vLLM: the error is a string
+        return RunError(f"batch line failed: HTTP {resp['status_code']}{': ' + str(msg) if msg else ''}")
     detail = err.get("message") if isinstance(err, dict) else err
     return RunError(f"batch line failed: {detail or 'no response'}")
 

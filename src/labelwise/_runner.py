@@ -164,7 +164,7 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> No
         raise RunError(f"{run_dir} holds a run with other settings ({', '.join(diffs)} differ); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for name in ("predictions.jsonl", "run.json"):
+    for name in ("predictions.jsonl", "run.json", "batch"):  # batch: requests planned under the old settings
         p = run_dir / name
         if p.exists():
             p.rename(run_dir / f"{name}.replaced-{stamp}")
@@ -265,7 +265,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
         "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
         "counts": {"selected": len(items), "resumed": len(done), "redone_or_deduplicated_lines": redone,
-                   "torn_bytes_repaired": torn, "labeled_now": len(todo), **summary["counts"]},
+                   "torn_bytes_repaired": torn, "labeled_now": len(rows) - len(done), **summary["counts"]},
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices) if batch is None
         else _sum(batch["cost_usd"], batch["online_reask_cost_usd"]), "batch": batch,
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
