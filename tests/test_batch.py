@@ -365,3 +365,10 @@ def test_fake_batch_api_validates_lines_like_openai(fake_server):
         assert [x.id for x in client.batches.list()] == [b.id]
     finally:
         client.close()
+
+
+def test_batch_with_a_model_that_cannot_take_batch_files_fails_before_touching_the_run(data, tmp_path, cli):
+    out = tmp_path / "run"
+    result = cli("relabel", data, "--out", out, "--model", "local", "--batch")
+    assert result.exit_code == 2 and "batch files need an openai:MODEL" in result.stderr
+    assert not out.exists()

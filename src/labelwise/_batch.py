@@ -27,7 +27,7 @@ from ._exceptions import ModelConfigError, RunError
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, read_jsonl_repairing
 from ._models import ModelAnswer, ModelRequest
 
-__all__ = ["BatchConfig", "LIMITS", "ENDPOINT", "arun_batch", "aexport", "batch_status", "cancel_batches",
+__all__ = ["BatchConfig", "batchable", "chat_model", "LIMITS", "ENDPOINT", "arun_batch", "aexport", "batch_status", "cancel_batches",
            "custom_id", "request_line"]
 
 # The provider's limits per batch input file (OpenAI's): every split reads them from here.
@@ -72,9 +72,14 @@ def _request_from(d: dict[str, Any]) -> ModelRequest:
                            "reasks": tuple(tuple(r) for r in d["reasks"])})
 
 
-def _chat_model(model: Any) -> Any:
-    """The model, if it is one whose requests can go into batch files (an OpenAI-compatible chat model)."""
-    if not hasattr(model, "chat_body"):
+def batchable(model: Any) -> bool:
+    """Whether a model's requests can go into batch files (an OpenAI-compatible chat model builds their bodies)."""
+    return hasattr(model, "chat_body") and hasattr(model, "answer_from_body")
+
+
+def chat_model(model: Any) -> Any:
+    """The model, if its requests can go into batch files; else a clear error."""
+    if not batchable(model):
         raise ModelConfigError(f"batch files need an openai:MODEL (a chat-completions model), not {model.name}")
     return model
 
@@ -206,7 +211,7 @@ async def aexport(cfg: BatchConfig, labeler: Any, items: Sequence[Any]) -> dict[
     if not cfg.path:
         raise RunError("batch export needs a file path")
     todo = [(it.id, it.text) for it in items if labeler._memo(it.id, it.text) is None]
-    model = _chat_model(labeler.model)
+    model = chat_model(labeler.model)
     n = atomic_write_lines(cfg.path, (request_line(model, p) for p in _plans_for(labeler, todo)))
     return {"exported": str(cfg.path), "requests": n, "items": len(todo), "already_cached": len(items) - len(todo)}
 
@@ -220,7 +225,7 @@ async def _aimport(cfg: BatchConfig, labeler: Any, texts: dict[str, str], todo: 
         raise RunError(f"batch results file not found: {path}")
     if cfg.reask == "batch":
         raise RunError("--batch-reask works with --batch only; imported results are re-asked online")
-    model, usage = _chat_model(labeler.model), _Usage(labeler)
+    model, usage = chat_model(labeler.model), _Usage(labeler)
     rows = _read_results(path)
     foreign = done = unrun = 0
     for row in rows:
@@ -261,7 +266,7 @@ class _State:
 
     def add(self, labeler: Any, plans: Iterable[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
         """Write input and plan files for new parts (cut at the limits), then record them: nothing is sent yet."""
-        model = _chat_model(labeler.model)
+        model = chat_model(labeler.model)
         new = []
         for chunk in _chunks(((p, request_line(model, p)) for p in plans), cfg.max_requests, cfg.max_bytes):
             part = {"n": len(self.parts), "round": round_, "requests": len(chunk),
@@ -390,7 +395,7 @@ async def _collect(client: Any, state: _State, part: dict[str, Any]) -> dict[str
 async def arun_batch(cfg: BatchConfig, labeler: Any, todo_items: Sequence[tuple[str, str]], run_dir: Path,
                      record: Callable[[Any], None], prices: dict[str, Any], *, progress: bool | None = None) -> dict[str, Any]:
     """Label `todo_items` through batch files (api or import); each prediction goes to `record`; returns the report."""
-    model = _chat_model(labeler.model)
+    model = chat_model(labeler.model)
     texts, todo = dict(todo_items), {}
     for iid, text in todo_items:
         hit = labeler._memo(iid, text)
@@ -458,7 +463,7 @@ def _run_client(run_dir: Path, base_url: str | None) -> tuple[Any, _State]:
         raise RunError(f"{run_dir} has no batches (no batch/state.json)")
     fp = json.loads(info.read_text(encoding="utf-8"))["fingerprint"]
     model = get_model(fp["model"], ModelOptions(base_url=base_url or fp["settings"].get("base_url")))
-    return _chat_model(model), state
+    return chat_model(model), state
 
 
 async def _astatus(run_dir: Path, base_url: str | None, cancel: bool) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._corpus import Corpus, load_corpus
-from ._batch import BatchConfig
+from ._batch import BatchConfig, batchable
 from ._exceptions import RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
 from ._labeler import Labeler, LabelerConfig
@@ -200,10 +200,11 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     prices = load_prices(cfg.prices)
     if dry_run:
         return _dry_run(cfg, corpus, items, labeler, prices)
-    if cfg.batch is not None and cfg.batch.mode == "export":
-        from ._batch import aexport
+    if cfg.batch is not None and (cfg.batch.mode == "export" or not batchable(labeler.model)):
+        from ._batch import aexport, chat_model
 
         try:
+            chat_model(labeler.model)  # a clear error before the run directory is touched
             return await aexport(cfg.batch, labeler, items)
         finally:
             await labeler.aclose()
