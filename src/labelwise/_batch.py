@@ -14,6 +14,7 @@ nothing and submits nothing twice: `state.json` (one entry per part: file id, ba
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -147,20 +148,19 @@ def _answer_of(model: Any, row: dict[str, Any]) -> ModelAnswer | Exception | Non
     return RunError(f"batch line failed: {detail or 'no response'}")
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    """Output lines of a results file; a bad line fails with its file and line number."""
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RunError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("custom_id"), str):
-            raise RunError(f"{path}, line {n}: a batch output line needs a string `custom_id`")
-        rows.append(row)
-    return rows
+def _read_results(path: Path) -> Iterator[dict[str, Any]]:
+    """Output lines of a results file, streamed; a bad line fails with its file and line number."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RunError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("custom_id"), str):
+                raise RunError(f"{path}, line {n}: a batch output line needs a string `custom_id`")
+            yield row
 
 
 class _Usage:
@@ -226,19 +226,23 @@ async def _aimport(cfg: BatchConfig, labeler: Any, texts: dict[str, str], todo: 
     if cfg.reask == "batch":
         raise RunError("--batch-reask works with --batch only; imported results are re-asked online")
     model, usage = chat_model(labeler.model), _Usage(labeler)
+    lines = foreign = done = unrun = 0
     rows = _read_results(path)
-    foreign = done = unrun = 0
-    for row in rows:
-        ids = _ids(row["custom_id"])
-        if any(i not in texts for i in ids):
-            foreign += 1
-            continue
-        if not any(i in todo for i in ids):
-            done += 1
-            continue
-        unrun += not await _apply(labeler, model, _plan(labeler, [(i, texts[i]) for i in ids]), row, texts, todo,
-                                  record, usage, None)
-    return {"mode": "import", "path": str(path), "lines": len(rows), "lines_not_in_this_run": foreign,
+    while chunk := list(itertools.islice(rows, 256 * labeler.config.items_per_request)):
+        mine = []
+        for row in chunk:
+            ids = _ids(row["custom_id"])
+            if any(i not in texts for i in ids):
+                foreign += 1
+            elif not any(i in todo for i in ids):
+                done += 1
+            else:
+                mine.append((row, [(i, texts[i]) for i in ids]))
+        labeler._prefetch([item for _, items in mine for item in items])  # examples a chunk at a time, as online
+        for row, items in mine:
+            unrun += not await _apply(labeler, model, _plan(labeler, items), row, texts, todo, record, usage, None)
+        lines += len(chunk)
+    return {"mode": "import", "path": str(path), "lines": lines, "lines_not_in_this_run": foreign,
             "lines_already_done": done, "lines_never_executed": unrun, "items_left": len(todo), **usage.report(prices)}
 
 
