@@ -277,6 +277,8 @@ def test_export_then_vllm_results_then_import(data, tmp_path, fake_server, cli, 
         "        row = {'id': f'vllm-{n}', 'custom_id': req['custom_id'], 'response': {'status_code': 200, 'request_id': f'vllm-batch-{n}', 'body': body}, 'error': None}\n"
         "    out.write(json.dumps(row, ensure_ascii=False) + '\\n')\n", encoding="utf-8")
     subprocess.run([sys.executable, str(script), str(requests), str(results)], check=True)
+    with open(results, "a", encoding="utf-8") as f:  # a line of another input (a wrong file mixed in)
+        f.write(json.dumps({"id": "x", "custom_id": "0123456789abcdef", "response": None, "error": "x"}) + "\n")
 
     imported = cli(*cli_args(data, out, server, "--batch-import", str(results)))
     assert imported.exit_code == 0, str(imported)
@@ -290,9 +292,11 @@ def test_export_then_vllm_results_then_import(data, tmp_path, fake_server, cli, 
             assert got[ln["custom_id"]]["labels"] == content["labels"]
     m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert m["batch"]["mode"] == "import" and m["batch"]["tokens"] == {"prompt_tokens": 1100, "completion_tokens": 110}
+    assert (m["batch"]["lines"], m["batch"]["lines_not_in_this_run"], m["batch"]["lines_never_executed"]) == (13, 1, 0)
     # importing the same file again finds everything done
     again = cli(*cli_args(data, out, server, "--batch-import", str(results)))
     assert again.exit_code == 0 and server.stats.completions == 2
+    assert "13 result lines (12 already done, 1 not for this input)" in again.stderr
 
 
 def test_import_names_the_bad_line(data, tmp_path, fake_server, cli):

@@ -397,10 +397,13 @@ async def _collect(client: Any, state: _State, part: dict[str, Any]) -> dict[str
 
 
 async def arun_batch(cfg: BatchConfig, labeler: Any, todo_items: Sequence[tuple[str, str]], run_dir: Path,
-                     record: Callable[[Any], None], prices: dict[str, Any], *, progress: bool | None = None) -> dict[str, Any]:
-    """Label `todo_items` through batch files (api or import); each prediction goes to `record`; returns the report."""
+                     record: Callable[[Any], None], prices: dict[str, Any], *, progress: bool | None = None,
+                     known: dict[str, str] | None = None) -> dict[str, Any]:
+    """Label `todo_items` through batch files (api or import); each prediction goes to `record`; returns the report.
+
+    `known`: every item of the run (done ones too), so an import can tell done lines from foreign ones."""
     model = chat_model(labeler.model)
-    texts, todo = dict(todo_items), {}
+    texts, todo = {**(known or {}), **dict(todo_items)}, {}
     for iid, text in todo_items:
         hit = labeler._memo(iid, text)
         if hit is not None:

@@ -237,7 +237,8 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
             if cfg.batch is not None:
                 from ._batch import arun_batch
 
-                batch = await arun_batch(cfg.batch, labeler, todo, run_dir, record, prices, progress=tty)
+                batch = await arun_batch(cfg.batch, labeler, todo, run_dir, record, prices, progress=tty,
+                                         known={it.id: it.text for it in items})
             else:
                 await labeler.alabel_items(todo, on_result=record, collect=False)
     finally:

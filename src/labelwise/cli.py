@@ -160,8 +160,11 @@ def relabel(
                f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
     if m.get("batch"):
         b = m["batch"]
-        typer.echo(f"batch: {len(b.get('batches', []))} batches, {b.get('requests_submitted', b.get('lines', 0)):,} requests, "
-                   f"tokens {sum(b['tokens'].values()):,}, ${b['cost_usd'] or 0:.4f} at batch prices", err=True)
+        cost = "cost unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f} at batch prices"
+        done = (f"{len(b['batches'])} batches, {b['requests_submitted']:,} requests" if b["mode"] == "api" else
+                f"{b['lines']:,} result lines ({b['lines_already_done']:,} already done, "
+                f"{b['lines_not_in_this_run']:,} not for this input)")
+        typer.echo(f"batch: {done}, tokens {sum(b['tokens'].values()):,}, {cost}", err=True)
         for note in b.get("notes", []):
             typer.echo(note, err=True)
         if b.get("pending_batches"):
