@@ -102,8 +102,8 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
     assert again["manifest"]["counts"]["ok"] == 12
 
 
-def kill_9_when(cmd: list[str], ready, log: Path) -> None:
-    """Start `cmd`, SIGKILL it as soon as `ready()` holds (it must still be running then)."""
+def signal_when(cmd: list[str], ready, log: Path, sig: int = signal.SIGKILL) -> int:
+    """Start `cmd`, send it `sig` as soon as `ready()` holds (it must still be running then); its exit code."""
     with open(log, "wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -111,25 +111,28 @@ def kill_9_when(cmd: list[str], ready, log: Path) -> None:
         while time.monotonic() < deadline and proc.poll() is None and not ready():
             time.sleep(0.02)
         assert proc.poll() is None, log.read_text(errors="replace")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.send_signal(sig)
+        proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode
+
+
+def recorded_and_polled(out: Path, server):
+    """True once the run recorded its batch id and has polled a few times."""
+    def ready() -> bool:
+        path = out / "batch" / "state.json"
+        return path.exists() and bool(state(out)["parts"][0]["batch_id"]) and server.stats.by_status.get(200, 0) >= 6
+    return ready
 
 
 def test_kill_9_while_waiting_then_resume_submits_once(data, tmp_path, fake_server, cli, labelwise_cmd):
     server = fake_server(batch={"seconds": 10_000})
     out = tmp_path / "run"
     args = cli_args(data, out, server, "--batch", "--batch-poll", POLL)
-
-    def waiting() -> bool:  # the batch id is recorded and the run has polled a few times
-        path = out / "batch" / "state.json"
-        return path.exists() and bool(state(out)["parts"][0]["batch_id"]) and server.stats.by_status.get(200, 0) >= 6
-
-    kill_9_when(labelwise_cmd + args, waiting, tmp_path / "killed.log")
+    assert signal_when(labelwise_cmd + args, recorded_and_polled(out, server), tmp_path / "killed.log") == -signal.SIGKILL
     assert server.batch_stats["batches_created"] == 1
     assert not (out / "predictions.jsonl").exists() or rows(out) == []
 
@@ -146,7 +149,8 @@ def test_kill_9_between_create_and_record_finds_the_batch(data, tmp_path, fake_s
     server = fake_server(batch={"seconds": 0, "create_delay_s": 60})
     out = tmp_path / "run"
     args = cli_args(data, out, server, "--batch", "--batch-poll", POLL)
-    kill_9_when(labelwise_cmd + args, lambda: server.batch_stats["batches_created"] >= 1, tmp_path / "killed.log")
+    code = signal_when(labelwise_cmd + args, lambda: server.batch_stats["batches_created"] >= 1, tmp_path / "killed.log")
+    assert code == -signal.SIGKILL
     part = state(out)["parts"][0]
     assert part["file_id"] and part["batch_id"] is None, "killed after the server created it, before we recorded it"
     server.scenario.batch.create_delay_s = 0
@@ -155,6 +159,18 @@ def test_kill_9_between_create_and_record_finds_the_batch(data, tmp_path, fake_s
     assert server.batch_stats["batches_created"] == 1
     assert state(out)["parts"][0]["batch_id"] == "batch_fake1"
     assert len(rows(out)) == 12
+
+
+def test_ctrl_c_leaves_the_batch_running_and_says_how_to_collect(data, tmp_path, fake_server, cli, labelwise_cmd):
+    server = fake_server(batch={"seconds": 10_000})
+    out = tmp_path / "run"
+    args = cli_args(data, out, server, "--batch", "--batch-poll", POLL)
+    log = tmp_path / "interrupted.log"
+    assert signal_when(labelwise_cmd + args, recorded_and_polled(out, server), log, signal.SIGINT) == 130
+    assert "submitted batches keep running; run the same command again" in log.read_text(errors="replace")
+    assert server.batch_stats["batches_cancelled"] == 0
+    server.scenario.batch.seconds = 0
+    assert cli(*args).exit_code == 0 and server.batch_stats["batches_created"] == 1 and len(rows(out)) == 12
 
 
 @pytest.mark.parametrize("limit", [{"max_requests": 5}, {"max_bytes": "3 lines"}])
