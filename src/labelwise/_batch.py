@@ -20,13 +20,16 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._exceptions import ModelConfigError, RunError
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_lines, read_jsonl_repairing
 from ._models import ModelAnswer, ModelRequest
+
+if TYPE_CHECKING:
+    from ._labeler import Labeler
 
 __all__ = ["BatchConfig", "batchable", "chat_model", "LIMITS", "ENDPOINT", "arun_batch", "aexport", "batch_status", "cancel_batches",
            "custom_id", "request_line"]
@@ -92,7 +95,7 @@ def request_line(model: Any, plan: dict[str, Any]) -> bytes:
                        ensure_ascii=False) + "\n").encode()
 
 
-def _plan(labeler: Any, items: Sequence[tuple[str, str]], request: ModelRequest | None = None,
+def _plan(labeler: Labeler, items: Sequence[tuple[str, str]], request: ModelRequest | None = None,
           attempt: int = 1) -> dict[str, Any]:
     """One request line's plan: its items, request (as the online path builds it), examples and attempt."""
     examples: list[str] = []
@@ -102,7 +105,7 @@ def _plan(labeler: Any, items: Sequence[tuple[str, str]], request: ModelRequest 
             "request": _request_dict(request), "attempt": attempt}
 
 
-def _plans_for(labeler: Any, todo: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+def _plans_for(labeler: Labeler, todo: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
     """Plans for items in groups of `items_per_request`, examples selected a chunk at a time as online."""
     size = labeler.config.items_per_request
     step = 256 * size
@@ -166,7 +169,7 @@ def _read_results(path: Path) -> Iterator[dict[str, Any]]:
 class _Usage:
     """Tokens of batch answers (billed at batch prices) and of online re-asks (online prices)."""
 
-    def __init__(self, labeler: Any) -> None:
+    def __init__(self, labeler: Labeler) -> None:
         self.batch = {"prompt_tokens": 0, "completion_tokens": 0}
         self.labeler = labeler
         self.online0 = {k: labeler.stats[k] for k in self.batch}
@@ -185,7 +188,7 @@ class _Usage:
                 "online_reask_tokens": online, "online_reask_cost_usd": cost_of(online, name, prices)}
 
 
-async def _apply(labeler: Any, model: Any, plan: dict[str, Any], row: dict[str, Any] | None, texts: dict[str, str],
+async def _apply(labeler: Labeler, model: Any, plan: dict[str, Any], row: dict[str, Any] | None, texts: dict[str, str],
                  todo: dict[str, str], record: Callable[[Any], None], usage: _Usage, defer: Callable[..., None] | None) -> bool:
     """Feed one line's result through the labeler; False when the line was never executed (item left to redo)."""
     items = [(iid, texts.get(iid, text)) for iid, text in plan["items"]]
@@ -206,7 +209,7 @@ async def _apply(labeler: Any, model: Any, plan: dict[str, Any], row: dict[str, 
 # --------------------------------------------------------------------------- export / import (vLLM run-batch)
 
 
-async def aexport(cfg: BatchConfig, labeler: Any, items: Sequence[Any]) -> dict[str, Any]:
+async def aexport(cfg: BatchConfig, labeler: Labeler, items: Sequence[Any]) -> dict[str, Any]:
     """Write the request file for every item not already answered under these settings; call nothing."""
     if not cfg.path:
         raise RunError("batch export needs a file path")
@@ -216,7 +219,7 @@ async def aexport(cfg: BatchConfig, labeler: Any, items: Sequence[Any]) -> dict[
     return {"exported": str(cfg.path), "requests": n, "items": len(todo), "already_cached": len(items) - len(todo)}
 
 
-async def _aimport(cfg: BatchConfig, labeler: Any, texts: dict[str, str], todo: dict[str, str],
+async def _aimport(cfg: BatchConfig, labeler: Labeler, texts: dict[str, str], todo: dict[str, str],
                    record: Callable[[Any], None], prices: dict[str, Any]) -> dict[str, Any]:
     """Read a results file (OpenAI batch output / vLLM run-batch output) into the run; each line is re-planned
     from its custom_id, so its answer is validated and cached under the request the online path would send."""
@@ -268,7 +271,7 @@ class _State:
         rows, _ = read_jsonl_repairing(self.file(part, "plan"))
         return rows
 
-    def add(self, labeler: Any, plans: Iterable[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
+    def add(self, labeler: Labeler, plans: Iterable[dict[str, Any]], cfg: BatchConfig, round_: int) -> list[dict[str, Any]]:
         """Write input and plan files for new parts (cut at the limits), then record them: nothing is sent yet."""
         model = chat_model(labeler.model)
         new = []
@@ -396,7 +399,7 @@ async def _collect(client: Any, state: _State, part: dict[str, Any]) -> dict[str
     return rows
 
 
-async def arun_batch(cfg: BatchConfig, labeler: Any, todo_items: Sequence[tuple[str, str]], run_dir: Path,
+async def arun_batch(cfg: BatchConfig, labeler: Labeler, todo_items: Sequence[tuple[str, str]], run_dir: Path,
                      record: Callable[[Any], None], prices: dict[str, Any], *, progress: bool | None = None,
                      known: dict[str, str] | None = None) -> dict[str, Any]:
     """Label `todo_items` through batch files (api or import); each prediction goes to `record`; returns the report.
