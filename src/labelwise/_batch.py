@@ -361,8 +361,8 @@ class _Bar:
 
 
 async def _wait(client: Any, state: _State, parts: list[dict[str, Any]], cfg: BatchConfig, progress: bool) -> None:
-    """Poll the parts' batches with growing intervals until each has ended."""
-    bar = _Bar(sum(p["requests"] for p in parts), progress)
+    """Poll the parts' batches with growing intervals until each has ended (just once without `cfg.wait`)."""
+    bar = _Bar(sum(p["requests"] for p in parts), progress and cfg.wait)
     delay = cfg.poll_s
     try:
         while True:
@@ -377,7 +377,7 @@ async def _wait(client: Any, state: _State, parts: list[dict[str, Any]], cfg: Ba
                 statuses.append(part["status"])
             state.save()
             bar.update(done, failed, " ".join(f"{s}:{statuses.count(s)}" for s in dict.fromkeys(statuses)))
-            if all(s in TERMINAL for s in statuses):
+            if all(s in TERMINAL for s in statuses) or not cfg.wait:
                 return
             await asyncio.sleep(delay)
             delay = min(cfg.max_poll_s, delay * 1.5)
@@ -432,10 +432,10 @@ async def arun_batch(cfg: BatchConfig, labeler: Labeler, todo_items: Sequence[tu
     while open_parts:
         for part in open_parts:
             await _submit(client, state, part)
-        if not cfg.wait:
-            break
         await _wait(client, state, open_parts, cfg, progress)
         for part in open_parts:
+            if part["status"] not in TERMINAL:
+                continue  # --no-wait: still running; collected by a later run
             rows = await _collect(client, state, part)
             unrun = 0
             for plan in state.plans(part):
@@ -451,6 +451,10 @@ async def arun_batch(cfg: BatchConfig, labeler: Labeler, todo_items: Sequence[tu
         open_parts = state.add(labeler, deferred, cfg, round_) if deferred else []
         deferred = []
         state.save()
+        if not cfg.wait:
+            for part in open_parts:
+                await _submit(client, state, part)
+            break
     pending = [p for p in state.parts if not p["processed"]]
     return {
         "mode": "api", "endpoint": ENDPOINT,
