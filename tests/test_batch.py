@@ -94,7 +94,15 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
         cached = lab.cache.get("answer", lab._answer_key(request))
         output = {ln["custom_id"]: ln for ln in lines(out / "batch" / "0000-output.jsonl")}
         assert cached["text"] == output[got[5]["id"]]["response"]["body"]["choices"][0]["message"]["content"]
-    # ... so an online run of the same settings afterwards is all cache hits
+    # ... so an online run of the same settings afterwards is all cache hits, even with the prediction memo gone
+    from labelwise import ResponseCache
+
+    cache = ResponseCache()
+    memo = [k for k in cache._cache.iterkeys() if k.startswith("prediction:")]
+    assert len(memo) == 12
+    for k in memo:
+        del cache._cache[k]
+    cache.close()
     again = relabel(RelabelConfig(input=str(data), out=str(tmp_path / "online"),
                                   labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
     assert server.stats.completions == 0
