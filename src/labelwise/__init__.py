@@ -22,6 +22,7 @@ _EXPORTS = {
     "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
+    "._batch": ["BatchConfig", "batch_status", "cancel_batches"],
     "._evals": ["run_eval", "EvalSpec"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
