@@ -180,7 +180,7 @@ class _Usage:
                 self.batch[k] += answer.usage.get(k, 0)
 
     def report(self, prices: dict[str, Any]) -> dict[str, Any]:
-        from ._runner import cost_of
+        from ._prices import cost_of
 
         name = self.labeler.model.name
         online = {k: self.labeler.stats[k] - v for k, v in self.online0.items()}

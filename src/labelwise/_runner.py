@@ -17,24 +17,14 @@ from ._batch import BatchConfig, batchable
 from ._exceptions import FatalTransportError, RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
 from ._labeler import Labeler, LabelerConfig
+from ._prices import cost_of, estimate_tokens, load_prices
+from ._progress import Progress
 from ._prompts import EXAMPLE_MAX_CHARS
 from ._redact import redact
 from ._schema import Prediction
 
-__all__ = ["RelabelConfig", "relabel", "arelabel", "PRICES", "estimate_tokens", "select_items"]
+__all__ = ["RelabelConfig", "relabel", "arelabel", "select_items"]
 
-# USD per 1M tokens (input, output[, batch input, batch output]); the Batch API costs half unless a row says
-# otherwise; `--prices FILE` overrides or extends.
-PRICES: dict[str, tuple[float, ...]] = {
-    "local": (0.0, 0.0),
-    "openai:gpt-4o-mini": (0.15, 0.60, 0.075, 0.30),
-    "openai:gpt-4o": (2.50, 10.00, 1.25, 5.00),
-    "openai:gpt-4.1-mini": (0.40, 1.60, 0.20, 0.80),
-    "openai:gpt-4.1-nano": (0.10, 0.40, 0.05, 0.20),
-    "openai:deepseek-chat": (0.27, 1.10),
-    "openai:qwen-plus": (0.40, 1.20),
-    "openai:qwen-turbo": (0.05, 0.20),
-}
 _OPERATIONAL = {"concurrency", "rpm", "tpm", "cache", "cache_dir", "timeout"}
 
 
@@ -67,12 +57,6 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def estimate_tokens(text: str) -> int:
-    """Rough token count: about one token per CJK character, four other characters per token."""
-    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef")
-    return cjk + (len(text) - cjk) // 4 + 1
-
-
 def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: int) -> list:
     """The unique items a run labels: a seeded sample, then the first `limit`."""
     items = list(corpus.items)
@@ -81,67 +65,6 @@ def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: in
     if limit is not None:
         items = items[:limit]
     return items
-
-
-def load_prices(path: str | None) -> dict[str, tuple[float, ...]]:
-    """The price table, with a user's YAML file (`model: {input, output[, batch_input, batch_output]}` per 1M) on top."""
-    prices = dict(PRICES)
-    if path:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        for name, p in data.items():
-            batch = (float(p["batch_input"]), float(p["batch_output"])) if "batch_input" in p else ()
-            prices[name] = (float(p["input"]), float(p["output"]), *batch)
-    return prices
-
-
-def cost_of(usage: dict[str, int], model: str, prices: dict[str, tuple[float, ...]], batch: bool = False) -> float | None:
-    """USD for the tokens used (at Batch API prices with `batch`), or None when the model has no price."""
-    price = prices.get(model) or (prices["local"] if model.startswith("local") else None)
-    if price is None:
-        return None
-    if batch:
-        price = price[2:4] if len(price) >= 4 else (price[0] / 2, price[1] / 2)
-    return usage.get("prompt_tokens", 0) / 1e6 * price[0] + usage.get("completion_tokens", 0) / 1e6 * price[1]
-
-
-class Progress:
-    """A rich progress bar with rate, ETA, failures, tokens and cost; silent when not on a terminal."""
-
-    def __init__(self, total: int, done: int, enabled: bool, title: str = "relabel") -> None:
-        self.enabled = enabled
-        self.failed = 0
-        self.tokens = 0
-        self.cost = 0.0
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(),
-            TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
-            transient=False, stderr=True,
-        )
-        self.start = time.monotonic()
-        self.done0 = done
-        self.task = self.bar.add_task(title, total=total, completed=done, rate=0.0, failed=0, tokens=0, cost=0.0)
-        self.bar.start()
-
-    def update(self, pred: Prediction, cost: float | None) -> None:
-        self.failed += pred.status == "failed"
-        if not pred.cached:
-            self.tokens += sum(pred.usage.values())
-            self.cost += cost or 0.0
-        if self.enabled:
-            t = self.bar.tasks[0]
-            rate = (t.completed + 1 - self.done0) / max(1e-6, time.monotonic() - self.start)
-            self.bar.update(self.task, advance=1, rate=rate, failed=self.failed, tokens=self.tokens, cost=self.cost)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[str, Any]:
