@@ -22,9 +22,11 @@ _EXPORTS = {
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
     "._evals": ["run_eval", "EvalSpec"],
+    "._review": ["export_tasks", "push", "pull", "import_export", "apply_corrections", "label_config"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",
+        "ReviewError", "LabelStudioError",
     ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
