@@ -424,10 +424,14 @@ def test_push_annotate_pull_apply_and_push_again(cli, run_dir, dataset, label_st
 
 
 @pytest.mark.labelstudio
-def test_push_to_label_studio_with_a_wrong_key_fails_clearly(cli, run_dir, label_studio, monkeypatch):
+def test_label_studio_errors_are_clear(cli, run_dir, label_studio, monkeypatch, tmp_path):
     run, _ = run_dir
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token-123")
     result = cli("review", "push", run, "--url", label_studio)
     assert result.exit_code == 2
     assert f"Label Studio at {label_studio} answered 401" in result.stderr
     assert "not-the-token-123" not in result.stderr + result.stdout
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", LS_TOKEN)
+    result = cli("review", "pull", "--url", label_studio, "--project", "no such project", "--out", tmp_path / "c.jsonl")
+    assert result.exit_code == 2 and "no project titled 'no such project'" in result.stderr
+    assert not (tmp_path / "c.jsonl").exists()

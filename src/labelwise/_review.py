@@ -178,10 +178,12 @@ def make_tasks(run: ReviewRun, items: list[ReviewItem] | None = None) -> list[di
 def export_tasks(run_dir: str | Path, out: str | Path, *, top: int | None = None, min_score: float | None = None,
                  taxonomy: str | Path | None = None) -> dict[str, Any]:
     """Write a Label Studio import file and, beside it, the matching labeling config (`<out stem>.xml`)."""
-    run = load_review_run(run_dir, taxonomy=taxonomy)
-    tasks = make_tasks(run, select(run.items, top=top, min_score=min_score))
     out = Path(out)
     config_path = out.with_suffix(".xml")
+    if config_path == out:
+        raise ValueError(f"--out {out}: name the tasks file .json; the labeling config goes beside it as .xml")
+    run = load_review_run(run_dir, taxonomy=taxonomy)
+    tasks = make_tasks(run, select(run.items, top=top, min_score=min_score))
     atomic_write_json(out, tasks)
     atomic_write_text(config_path, label_config(run.labels, run.multi_label))
     return {"tasks": len(tasks), "out": str(out), "config": str(config_path), "scored": len(run.items)}
