@@ -16,7 +16,7 @@ from ._corpus import Corpus, item_id, load_corpus, normalize_text
 from ._examples import make_selector
 from ._exceptions import ModelError, TransportError
 from ._io import bundled
-from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model
+from ._models import REASK, Model, ModelAnswer, ModelOptions, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
 from ._schema import Prediction, answer_model, batch_answer_model, label_confidence, parse_answer, parse_batch_answer, short_error
@@ -125,14 +125,13 @@ class Labeler:
             self.taxonomy.check(self.pool.labels, where=self.pool.path)
         self.prompt = prompt if isinstance(prompt, PromptSpec) else load_prompt(prompt)
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
-        # A client we create is ours to close; a model passed in, or the process-wide local model, is not.
-        self._owns_model = isinstance(model, str) and model.startswith("openai:")
         if isinstance(model, Model):
             self.model = model
-        elif self._owns_model:
-            self.model = get_model(model, base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout, limiter=self.limiter)
         else:
-            self.model = get_model(model)
+            self.model = get_model(model, ModelOptions(base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout,
+                                                       limiter=self.limiter))
+        # A model the registry made for us is ours to close, unless it is shared; a model passed in is the caller's.
+        self._owns_model = isinstance(model, str) and self.model.owned
         self.shots = cfg.shots if self.prompt.uses_examples and self.pool is not None else 0
         self.selector = make_selector(cfg.strategy, self.pool, self.shots, cfg.seed) if self.shots else None
         self.cache = ResponseCache(cfg.cache_dir) if cfg.cache else None

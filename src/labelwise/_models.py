@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
 
-__all__ = ["ModelRequest", "ModelAnswer", "Model", "OpenAIModel", "LocalModel", "get_model", "STRUCTURED_MODES"]
+__all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
+           "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
@@ -67,6 +69,8 @@ class Model(ABC):
 
     name: str
     answer_format: str = "json"
+    # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
+    owned: bool = True
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> ModelAnswer:
@@ -75,6 +79,10 @@ class Model(ABC):
     def identity(self) -> dict[str, Any]:
         """What distinguishes this model's answers in the cache (never a secret)."""
         return {"model": self.name}
+
+    def describe(self) -> dict[str, Any]:
+        """What a run's manifest records about this model (never a secret)."""
+        return self.identity()
 
     async def aclose(self) -> None:
         """Release connections or weights."""
@@ -179,6 +187,9 @@ class OpenAIModel(Model):
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
 
     @property
     def mode(self) -> str:
@@ -356,6 +367,7 @@ class LocalModel(Model):
     """The embedded model: llama.cpp in-process, completion-style, answers constrained to the labels by a grammar."""
 
     answer_format = "labels"
+    owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
     def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0) -> None:
         try:
@@ -486,19 +498,54 @@ class LocalModel(Model):
                 self._llm = None
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options a labeler hands to whichever model its spec names; a model takes the ones it understands."""
+
+    base_url: str | None = None
+    structured: str = "auto"
+    timeout: float = 60.0
+    limiter: RateLimiter | None = None
+
+
+ModelFactory = Callable[[str, ModelOptions], Model]
+_REGISTRY: dict[str, tuple[ModelFactory, str]] = {}
+
+
+def register_model(kind: str, usage: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register the factory of specs `KIND` / `KIND:REST`; `usage` is how the spec is written, for messages."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[kind] = (factory, usage)
+        return factory
+
+    return add
+
+
 _LOCAL_CACHE: dict[str | None, LocalModel] = {}
 
 
-def get_model(spec: str = "local", *, base_url: str | None = None, **options: Any) -> Model:
-    """The model for a spec: `local`, `local:PATH.gguf` or `openai:NAME`."""
+@register_model("local", "local | local:PATH.gguf")
+def _local(rest: str, options: ModelOptions) -> Model:
+    path = rest or None
+    if path not in _LOCAL_CACHE:  # weights are loaded once per process
+        _LOCAL_CACHE[path] = LocalModel(path)
+    return _LOCAL_CACHE[path]
+
+
+@register_model("openai", "openai:MODEL")
+def _openai(rest: str, options: ModelOptions) -> Model:
+    if not rest:
+        raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
+    return OpenAIModel(rest, base_url=options.base_url, structured=options.structured, timeout=options.timeout,
+                       limiter=options.limiter)
+
+
+def get_model(spec: str = "local", options: ModelOptions | None = None) -> Model:
+    """The model a spec names (`local`, `local:PATH.gguf`, `openai:NAME`, or a registered kind)."""
     kind, _, rest = spec.partition(":")
-    if kind == "local":
-        path = rest or None
-        if path not in _LOCAL_CACHE:  # weights are loaded once per process
-            _LOCAL_CACHE[path] = LocalModel(path)
-        return _LOCAL_CACHE[path]
-    if kind == "openai":
-        if not rest:
-            raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
-        return OpenAIModel(rest, base_url=base_url, **options)
-    raise ModelConfigError(f"unknown model {spec!r}; use local, local:PATH.gguf or openai:MODEL")
+    if kind not in _REGISTRY:
+        known = " | ".join(usage for _, usage in _REGISTRY.values())
+        raise ModelConfigError(f"unknown model {spec!r}; use {known}")
+    factory, _ = _REGISTRY[kind]
+    return factory(rest, options or ModelOptions())

@@ -84,14 +84,14 @@ def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Jo
 def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = None, *, plot: str | Path | None = None,
           n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score predictions (and optionally a second set, paired) against gold; the `labelwise agree` result."""
-    from ._metrics import compare, confusion, score
+    from ._metrics import compare, confusion, score, scored_labels
 
     gold = load_labels(gold_path)
     pred = load_labels(pred_path)
     j = join(gold, pred)
     if not j.ids:
         raise CorpusError("no item is both in the gold file and (not failed) in the predictions", path=pred_path)
-    labels = sorted({lab for row in j.gold + j.pred for lab in row})
+    labels = scored_labels(j.gold, j.pred)
     result: dict[str, Any] = {"counts": j.counts(), **score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed).model_dump()}
     if vs is not None:
         other = load_labels(vs)
@@ -99,7 +99,7 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
         if not both:
             raise CorpusError("no scored item of the first predictions is (not failed) in the second", path=vs)
         g = [j.gold[i] for i in both]
-        labels2 = sorted(set(labels) | {lab for i in both for lab in other[j.ids[i]]["labels"]})
+        labels2 = scored_labels(j.gold, j.pred, [other[j.ids[i]]["labels"] for i in both])
         cmp = compare(g, [j.pred[i] for i in both], [other[j.ids[i]]["labels"] for i in both], labels2, n_boot=n_boot, seed=seed)
         result["vs"] = {"path": str(vs), "items_compared": len(both), **cmp.model_dump()}
     if plot is not None:
@@ -132,11 +132,11 @@ def _csv(df) -> bytes:
     return df.to_csv(index=False).encode("utf-8-sig")  # BOM so spreadsheet apps read the Chinese text right
 
 
-def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, Any]:
+def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """labels.csv, disagreements.csv, report.json and report.html for a finished run."""
     import pandas as pd
 
-    from ._metrics import confusion, score
+    from ._metrics import confusion, score, scored_labels
 
     table = pd.DataFrame([{
         "id": r["id"], "text": r["text"],
@@ -159,7 +159,7 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], labels: tuple[s
     if scored:
         gold = [r["gold"] for r in scored]
         pred = [r["labels"] for r in scored]
-        all_labels = sorted(set(labels) | {lab for g in gold for lab in g})
+        all_labels = scored_labels(gold, pred)
         metrics = score(gold, pred, all_labels).model_dump()
         from ._plots import plot_confusion
 

@@ -228,7 +228,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    summary = write_run_outputs(run_dir, rows)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
@@ -240,8 +240,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                   "skipped_lines": [{"line": s.line, "reason": s.reason} for s in corpus.skipped]},
         "examples": {"path": str(pool) if pool else "input (leave-one-out)",
                      "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
-        "model": labeler.model.name, "base_url": getattr(labeler.model, "base_url", None),
-        "structured_mode": getattr(labeler.model, "mode", "grammar"),
+        **labeler.model.describe(),
         "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
         "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
@@ -249,7 +248,6 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                    "torn_bytes_repaired": torn, "labeled_now": len(todo), **summary["counts"]},
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices),
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
-        "transport": getattr(labeler.model, "stats", None),
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
