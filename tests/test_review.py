@@ -157,6 +157,10 @@ def test_export_refuses_bad_label_issues(cli, run_dir, tmp_path):
     result = cli("review", "export", bad, "--out", tmp_path / "t.json")
     assert result.exit_code == 2
     assert "label_issues.csv, line 3" in result.stderr and "item 0000000000000000" in result.stderr
+    good = (run / "label_issues.csv").read_text(encoding="utf-8-sig").splitlines()
+    (bad / "label_issues.csv").write_text("\n".join(good + [good[1]]) + "\n", encoding="utf-8-sig")
+    result = cli("review", "export", bad, "--out", tmp_path / "t.json")
+    assert result.exit_code == 2 and "line 11, item " in result.stderr and "listed twice (first on line 2)" in result.stderr
     (bad / "label_issues.csv").unlink()
     result = cli("review", "export", bad, "--out", tmp_path / "t.json")
     assert result.exit_code == 2 and "label_issues.csv not found" in result.stderr
@@ -282,6 +286,28 @@ def test_apply_jsonl_corpus_keeps_its_format(cli, tmp_path):
     assert result.exit_code == 0, str(result)
     out = [json.loads(ln) for ln in (tmp_path / "fixed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert out == [{"text": "甲文本", "labels": ["B", "A"], "source": 1}, rows[1]]
+
+
+def test_apply_csv_corpus_keeps_its_format(cli, tmp_path):
+    src = tmp_path / "data.csv"
+    src.write_text("id,text,labels\n1,甲文本,A|B\n2,乙文本,B\n3,甲文本,A|B\n", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": item_id("甲文本"), "task": 5, "labels": ["B"]}) + "\n",
+                                      encoding="utf-8")
+    result = cli("review", "apply", src, tmp_path / "c.jsonl", "--out", tmp_path / "fixed.csv")
+    assert result.exit_code == 0, str(result)
+    assert (tmp_path / "fixed.csv").read_text(encoding="utf-8") == "id,text,labels\n1,甲文本,B\n2,乙文本,B\n"
+
+
+def test_apply_keeps_a_gb18030_corpus_in_gb18030(cli, tmp_path):
+    src = tmp_path / "gb.tsv"
+    src.write_bytes("甲\t对新认定的国家级科技企业孵化器给予奖励。\n乙\t支持集成电路设计企业流片。\n".encode("gb18030"))
+    assert load_corpus(src).encoding == "gb18030"
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": item_id("支持集成电路设计企业流片。"), "labels": ["甲"]}) + "\n",
+                                      encoding="utf-8")
+    result = cli("review", "apply", src, tmp_path / "c.jsonl", "--out", tmp_path / "fixed.tsv")
+    assert result.exit_code == 0, str(result)
+    assert (tmp_path / "fixed.tsv").read_bytes() == \
+        "甲\t对新认定的国家级科技企业孵化器给予奖励。\n甲\t支持集成电路设计企业流片。\n".encode("gb18030")
 
 
 def test_push_without_key_fails_clearly(cli, run_dir, monkeypatch):

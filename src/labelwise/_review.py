@@ -104,9 +104,13 @@ def load_review_run(run_dir: str | Path, *, taxonomy: str | Path | None = None) 
     missing = [c for c in ISSUE_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise ReviewError(f"missing columns {missing}; columns found: {reader.fieldnames}", path=issues)
-    items = []
+    items: list[ReviewItem] = []
+    seen: dict[str, int] = {}
     for n, rec in enumerate(reader, 2):
         iid = rec["id"].strip()
+        if iid in seen:
+            raise ReviewError(f"item listed twice (first on line {seen[iid]})", path=issues, line=n, item_id=iid)
+        seen[iid] = n
         pred = preds.get(iid)
         if pred is None:
             raise ReviewError("item not in predictions.jsonl", path=issues, line=n, item_id=iid)
@@ -268,12 +272,16 @@ def push(run_dir: str | Path, url: str, project: str | None = None, *, top: int 
 
 
 def pull(url: str, project: str, out: str | Path) -> dict[str, Any]:
-    """Fetch a project's export (the JSON the UI exports) and write the submitted labels as corrections.jsonl."""
+    """Read a project's tasks with their annotations and write the submitted labels as corrections.jsonl.
+
+    Tasks are listed through the API in the shape of the UI's JSON export, so `pull` and `import` read the same way
+    (and no export snapshot is left on the server)."""
     with _client(url) as client, _api(url):
         proj = _find_project(client, project)
         if proj is None:
             raise LabelStudioError(f"no project titled {project!r} at {url}")
-        tasks = client.projects.exports.as_json(proj.id)
+        tasks = [{"id": t.id, "data": t.data, "annotations": t.annotations or []}
+                 for t in client.tasks.list(project=proj.id, fields="all", page_size=500)]
         users = {u.id: u.email or u.username or str(u.id) for u in client.users.list()}
     rows = corrections_from_export(tasks, source=f"{url} project {project!r}", users=users)
     write_jsonl(out, rows)
@@ -397,7 +405,8 @@ def _apply_jsonl(text: str, fixes: dict[str, list[str]], text_col: str | None, l
     return "".join(out)
 
 
-def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: str | None, label_col: str | None) -> bytes:
+def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: str | None, label_col: str | None,
+                 encoding: str) -> bytes:
     import pandas as pd
 
     if fmt == "parquet":
@@ -426,13 +435,13 @@ def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: st
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         return buf.getvalue()
-    return df.to_csv(index=False, sep="\t" if fmt == "tsv" else ",").encode("utf-8")
+    return df.to_csv(index=False, sep="\t" if fmt == "tsv" else ",").encode(encoding)
 
 
 def apply_corrections(corpus: str | Path, corrections: str | Path, out: str | Path, *, log: str | Path | None = None,
                       taxonomy: str | Path | None = None, text_col: str | None = None,
                       label_col: str | None = None) -> dict[str, Any]:
-    """Write the corpus with reviewed labels applied, in the corpus's own format, plus a change log CSV."""
+    """Write the corpus with reviewed labels applied, in the corpus's own format and encoding, plus a change log CSV."""
     corpus, corrections, out = Path(corpus), Path(corrections), Path(out)
     if out.resolve() == corpus.resolve() or (out.exists() and corpus.exists() and out.samefile(corpus)):
         raise ReviewError("--out is the corpus itself; the corpus is never modified in place: write elsewhere", path=out)
@@ -443,11 +452,11 @@ def apply_corrections(corpus: str | Path, corrections: str | Path, out: str | Pa
     new = {iid: list(dict.fromkeys(r["labels"])) for iid, r in fixes.items()}
     fmt = corpus.suffix.lstrip(".").lower()
     if fmt in ("tsv", "txt") and text_col is None:
-        data = _apply_tsv(_decode(corpus.read_bytes(), corpus)[0], new).encode("utf-8")
+        data = _apply_tsv(_decode(corpus.read_bytes(), corpus)[0], new).encode(loaded.encoding)
     elif fmt == "jsonl":
-        data = _apply_jsonl(_decode(corpus.read_bytes(), corpus)[0], new, text_col, label_col).encode("utf-8")
+        data = _apply_jsonl(_decode(corpus.read_bytes(), corpus)[0], new, text_col, label_col).encode(loaded.encoding)
     else:
-        data = _apply_table(corpus, fmt, new, text_col, label_col)
+        data = _apply_table(corpus, fmt, new, text_col, label_col, loaded.encoding)
     changes = [{"id": iid, "text": _cell(by_id[iid].text), "old_labels": _cell("|".join(by_id[iid].labels)),
                 "new_labels": _cell("|".join(labels)), "annotator": _cell(fixes[iid].get("annotator") or ""),
                 "time": fixes[iid].get("time") or "", "task": fixes[iid].get("task")}
