@@ -426,6 +426,14 @@ def test_push_annotate_pull_apply_and_push_again(cli, run_dir, dataset, label_st
         kept: preds[kept]["gold"]}
     assert {r["annotator"] for r in rows} == {LS_USER}
 
+    # the JSON export a user downloads in the UI reads the same through `review import`
+    (tmp_path / "export.json").write_text(json.dumps(ls.projects.exports.as_json(project.id)), encoding="utf-8")
+    result = cli("review", "import", tmp_path / "export.json", "--out", tmp_path / "imported.jsonl")
+    assert result.exit_code == 0, str(result)
+    imported = [json.loads(ln) for ln in (tmp_path / "imported.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["id"]: (r["labels"], r["task"], r["time"]) for r in imported} == \
+           {r["id"]: (r["labels"], r["task"], r["time"]) for r in rows}
+
     out = tmp_path / "corrected.tsv"
     result = cli("review", "apply", dataset, tmp_path / "corrections.jsonl", "--out", out)
     assert result.exit_code == 0, str(result)
@@ -461,3 +469,18 @@ def test_label_studio_errors_are_clear(cli, run_dir, label_studio, monkeypatch, 
     result = cli("review", "pull", "--url", label_studio, "--project", "no such project", "--out", tmp_path / "c.jsonl")
     assert result.exit_code == 2 and "no project titled 'no such project'" in result.stderr
     assert not (tmp_path / "c.jsonl").exists()
+
+
+@pytest.mark.labelstudio
+def test_personal_access_token_works(cli, run_dir, label_studio, monkeypatch):
+    """New Label Studio accounts hand out personal access tokens (JWT refresh tokens), not legacy tokens."""
+    from label_studio_sdk import LabelStudio
+
+    run, issues = run_dir
+    pat = LabelStudio(base_url=label_studio, api_key=LS_TOKEN).tokens.create().token
+    assert pat and pat.count(".") == 2  # a JWT
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", pat)
+    result = cli("review", "push", run, "--url", label_studio, "--project", "pat review", "--top", "2")
+    assert result.exit_code == 0, str(result)
+    assert "(created): 2 tasks imported" in result.stdout
+    assert pat not in result.stdout + result.stderr
