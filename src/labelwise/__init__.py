@@ -23,7 +23,7 @@ _EXPORTS = {
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
     "._evals": ["run_eval", "EvalSpec"],
-    "._review": ["export_tasks", "push", "pull", "import_export", "apply_corrections", "label_config"],
+    "._review": ["export_tasks", "push_tasks", "pull_corrections", "import_corrections", "apply_corrections", "label_config"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",

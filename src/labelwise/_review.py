@@ -20,8 +20,8 @@ from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
-    "ReviewItem", "ReviewRun", "load_review_run", "label_config", "make_tasks", "export_tasks", "push", "pull",
-    "corrections_from_export", "import_export", "apply_corrections", "API_KEY_ENV",
+    "ReviewItem", "ReviewRun", "load_review_run", "label_config", "make_tasks", "export_tasks", "push_tasks", "pull_corrections",
+    "corrections_from_export", "import_corrections", "apply_corrections", "API_KEY_ENV",
 ]
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
@@ -248,7 +248,7 @@ def _pushed_ids(client: Any, project_id: int) -> set[str]:
     return ids
 
 
-def push(run_dir: str | Path, url: str, project: str | None = None, *, top: int | None = None,
+def push_tasks(run_dir: str | Path, url: str, project: str | None = None, *, top: int | None = None,
          min_score: float | None = None, taxonomy: str | Path | None = None, chunk_size: int = 500) -> dict[str, Any]:
     """Create or reuse a project and import the run's tasks in chunks; items already there are skipped."""
     run = load_review_run(run_dir, taxonomy=taxonomy)
@@ -271,7 +271,7 @@ def push(run_dir: str | Path, url: str, project: str | None = None, *, top: int 
             "imported": imported, "already_there": len(items) - len(todo), "url": f"{url.rstrip('/')}/projects/{proj.id}"}
 
 
-def pull(url: str, project: str, out: str | Path) -> dict[str, Any]:
+def pull_corrections(url: str, project: str, out: str | Path) -> dict[str, Any]:
     """Read a project's tasks with their annotations and write the submitted labels as corrections.jsonl.
 
     Tasks are listed through the API in the shape of the UI's JSON export, so `pull` and `import` read the same way
@@ -323,7 +323,7 @@ def corrections_from_export(tasks: Any, *, source: str, users: dict[int, str] | 
     return rows
 
 
-def import_export(export_path: str | Path, out: str | Path) -> dict[str, Any]:
+def import_corrections(export_path: str | Path, out: str | Path) -> dict[str, Any]:
     """corrections.jsonl from a JSON export file downloaded from the Label Studio UI."""
     export_path = Path(export_path)
     try:

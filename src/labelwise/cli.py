@@ -243,9 +243,9 @@ def review_push(
     chunk_size: int = typer.Option(500, "--chunk-size", min=1, help="tasks per import request"),
 ) -> None:
     """Import the run's tasks into a Label Studio project (key from LABEL_STUDIO_API_KEY); never imports an item twice."""
-    from ._review import push
+    from ._review import push_tasks
 
-    r = _review_call(push, run, url, project, top=top, min_score=min_score, taxonomy=taxonomy, chunk_size=chunk_size)
+    r = _review_call(push_tasks, run, url, project, top=top, min_score=min_score, taxonomy=taxonomy, chunk_size=chunk_size)
     typer.echo(f"project {r['project']!r} ({'created' if r['created'] else 'reused'}): {r['imported']} tasks imported, "
                f"{r['already_there']} already there; {r['url']}")
 
@@ -257,9 +257,9 @@ def review_pull(
     out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
 ) -> None:
     """Fetch the submitted annotations of a project as corrections.jsonl."""
-    from ._review import pull
+    from ._review import pull_corrections
 
-    r = _review_call(pull, url, project, out)
+    r = _review_call(pull_corrections, url, project, out)
     typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
 
 
@@ -269,9 +269,9 @@ def review_import(
     out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
 ) -> None:
     """Read the submitted annotations from a Label Studio JSON export file as corrections.jsonl."""
-    from ._review import import_export
+    from ._review import import_corrections
 
-    r = _review_call(import_export, export, out)
+    r = _review_call(import_corrections, export, out)
     typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
 
 
