@@ -101,8 +101,10 @@ def test_export_writes_tasks_by_score_with_exact_texts_and_config(cli, run_dir, 
     preds = predictions(run)
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     out = tmp_path / "tasks.json"
+    before = {p.name: sha(p) for p in run.iterdir()}
     result = cli("review", "export", run, "--to", "label-studio", "--out", out)
     assert result.exit_code == 0, str(result)
+    assert {p.name: sha(p) for p in run.iterdir()} == before  # reviewing a run never changes it
     tasks = json.loads(out.read_text(encoding="utf-8"))
     assert len(tasks) == 9
     assert [t["data"]["item_id"] for t in tasks] == [r["id"] for r in issues]  # score order, ties in file order

@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 
 from ._corpus import LABEL_COLUMNS, TEXT_COLUMNS, _decode, item_id, load_corpus
 from ._exceptions import LabelStudioError, ReviewError
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl_repairing, write_jsonl
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_jsonl
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
@@ -78,9 +78,27 @@ def _run_taxonomy(manifest: dict[str, Any], run_dir: Path, taxonomy: str | Path 
     if not source or not Path(source).exists():
         raise ReviewError(f"the run's taxonomy source {source!r} is not there any more; pass --taxonomy",
                           path=run_dir / "manifest.json")
-    if Path(source).suffix.lower() in (".yaml", ".yml", ".json"):
+    suffix = Path(source).suffix.lower()
+    if suffix in (".yaml", ".yml", ".json") or (suffix == ".txt" and "\t" not in Path(source).read_text(encoding="utf-8")):
         return load_taxonomy(source)
     return Taxonomy.from_labels(load_corpus(source).labels, source=source)
+
+
+def _read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """predictions.jsonl by item id, read only (a run is never changed by reviewing it); a torn last line is left out."""
+    data = path.read_text(encoding="utf-8")
+    lines = data.splitlines()
+    if lines and not data.endswith("\n"):
+        lines.pop()  # a run killed mid-write; the relabel command repairs it on resume
+    preds = {}
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ReviewError(f"invalid JSON: {e.msg}", path=path, line=n, column=e.colno) from None
+            preds[row.get("id")] = row
+    return preds
 
 
 def load_review_run(run_dir: str | Path, *, taxonomy: str | Path | None = None) -> ReviewRun:
@@ -95,8 +113,7 @@ def load_review_run(run_dir: str | Path, *, taxonomy: str | Path | None = None) 
         manifest = json.loads(paths["manifest.json"].read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ReviewError(f"invalid JSON: {e.msg}", path=paths["manifest.json"], line=e.lineno, column=e.colno) from None
-    rows, _ = read_jsonl_repairing(paths["predictions.jsonl"])
-    preds = {r["id"]: r for r in rows if "id" in r}
+    preds = _read_predictions(paths["predictions.jsonl"])
     tax = _run_taxonomy(manifest, run_dir, taxonomy)
     issues = paths["label_issues.csv"]
     text = issues.read_bytes().decode("utf-8-sig")
