@@ -15,8 +15,9 @@ Answers are valid labels in the requested format:
   a deterministic right answer by putting the label into the text.
 
 `Scenario.script` entries (consumed one per chat request, before limits and rates; `server.script` is a deque a
-test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", or an HTTP status
-"429" / "429:RETRY_AFTER_S" / "500" / "503" ... Limits: `max_in_flight` concurrent answers, and `rpm` as a token
+test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", an HTTP status
+"429" / "429:RETRY_AFTER_S" / "500" / "503" ..., or one of the misbehaving answers in `MISBEHAVIOURS` (a 200 that is
+not a usable completion, a 401 echoing the key, an exhausted quota, a huge answer). Limits: `max_in_flight` concurrent answers, and `rpm` as a token
 bucket (`rpm_burst` tokens, refilled at rpm/60 per second); beyond either, 429 with `Retry-After` (seconds, may be
 fractional) and `retry-after-ms`. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
 """
@@ -44,7 +45,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
-_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?)$")
+_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
+                        r"|empty_choices|html_200|not_completion|broken_logprobs|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
+# Script entries for answers no healthy server gives: the client must survive each of them.
+MISBEHAVIOURS = {
+    "empty_choices": "200, a chat.completion whose `choices` is []",
+    "html_200": "200 with an HTML body (text/html), as a misconfigured proxy sends",
+    "not_completion": "200 with JSON that is not a chat.completion",
+    "broken_logprobs": "200, a chat.completion whose `logprobs.content` is not a list of tokens",
+    "echo_key_401": "401 whose error message echoes the request's Authorization header (the key)",
+    "quota_429": "429 with code `insufficient_quota` (retrying can't help)",
+    "context_length_400": "400 with code `context_length_exceeded` (this request only: the run goes on)",
+    "huge_answer": "200 whose answer is CHARS (default 200000) characters of prose: `huge_answer:CHARS`",
+}
 _ID_RE = re.compile(r"^\s*\[([^\]\n]+)\]([^\n]*)", re.M)
 _TEXT_RE = re.compile(r"^\s*(句子|文本|text|sentence|input)\s*[:：]", re.M | re.I)
 _LABELS_RE = re.compile(r"labels?\s*[:：]|类别", re.I)
@@ -225,7 +238,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
         self.transport.write(f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n"
-                             f"content-type: application/json\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
+                             f"content-type: {reply.content_type}\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
                              .encode() + reply.body)
         self.server._finish(reply, sent=True)
         if reply.close:
@@ -246,6 +259,7 @@ class _Reply:
     admitted: bool = False
     arrival: float = 0.0
     close: bool = False
+    content_type: str = "application/json"
 
 
 class FakeOpenAIServer:
@@ -261,6 +275,7 @@ class FakeOpenAIServer:
         self._tokens = self._bucket_size()
         self._refilled = time.monotonic()
         self._ids = 0
+        self._authorization = ""
         self._conns: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -348,6 +363,7 @@ class FakeOpenAIServer:
         key = self.scenario.require_api_key
         if key and headers.get("authorization") != f"Bearer {key}":
             return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+        self._authorization = headers.get("authorization", "")  # what `echo_key_401` echoes back
         path = path.removeprefix("/v1")
         if method == "GET" and path == "/models":
             data = [{"id": self.scenario.model, "object": "model", "created": 0, "owned_by": "labelwise"}]
@@ -422,7 +438,9 @@ class FakeOpenAIServer:
             return _error(400, f"response_format {rf.get('type')!r} is not supported", "invalid_request_error")
         st.completions += 1
         kind, arg = self._decide()
-        if kind == "429":
+        if kind in MISBEHAVIOURS:
+            reply = self._misbehave(kind, arg, req)
+        elif kind == "429":
             st.rate_limited += 1
             ms = max(0, math.ceil((sc.retry_after_s if arg is None else arg) * 1000))
             reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
@@ -445,6 +463,37 @@ class FakeOpenAIServer:
             st.hangs += 1
             reply.delay = sc.hang_s if arg is None else arg
         return reply
+
+    # ---- misbehaving answers (see MISBEHAVIOURS) --------------------------------------------------------------
+    def _misbehave(self, kind: str, arg: float | None, req: dict[str, Any]) -> _Reply:
+        """The reply of a misbehaving-answer script entry."""
+        if kind == "empty_choices":
+            body = {**self._completion(req, req["messages"], "ok"), "choices": []}
+            return _Reply(200, json.dumps(body).encode())
+        if kind == "html_200":  # a proxy's error page, served with status 200
+            page = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+            return _Reply(200, page.encode(), content_type="text/html; charset=utf-8")
+        if kind == "not_completion":  # valid JSON, but not a chat.completion (here: a model list)
+            return _Reply(200, json.dumps({"object": "list", "data": [{"id": self.scenario.model}]}).encode())
+        if kind == "broken_logprobs":
+            body = self._completion(req, req["messages"], "ok")
+            body["choices"][0]["logprobs"] = {"content": "not a token list", "refusal": None}
+            return _Reply(200, json.dumps(body, ensure_ascii=False).encode())
+        if kind == "echo_key_401":
+            return _error(401, f"Incorrect API key provided: {self._authorization}", "invalid_request_error",
+                          "invalid_api_key")
+        if kind == "quota_429":
+            return _error(429, "You exceeded your current quota, please check your plan and billing details.",
+                          "insufficient_quota", "insufficient_quota")
+        if kind == "context_length_400":
+            return _error(400, "This model's maximum context length is 128000 tokens. Please reduce the length of the "
+                          "messages.", "invalid_request_error", "context_length_exceeded")
+        # huge_answer[:CHARS]: a 200 whose answer is CHARS characters of prose (not a valid answer)
+        size = int(arg) if arg is not None else 200_000
+        body = self._completion(req, req["messages"], "ok")
+        body["choices"][0]["message"]["content"] = ("这不是标签。" * (size // 6 + 1))[:size]
+        body["choices"][0]["logprobs"] = None
+        return _Reply(200, json.dumps(body, ensure_ascii=False).encode())
 
     def _completion(self, req: dict[str, Any], messages: list[Any], kind: str) -> dict[str, Any]:
         """The chat.completion object: n choices with answers, optional logprobs, and usage."""

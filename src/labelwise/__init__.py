@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text"],
+    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text", "EncodingGuessWarning"],
     "._taxonomy": ["Taxonomy", "load_taxonomy"],
     "._prompts": ["PromptSpec", "load_prompt"],
     "._examples": ["SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector"],

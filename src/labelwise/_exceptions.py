@@ -9,8 +9,8 @@ LabelwiseError
  │    └── ReviewError           a run, review export or corrections file can't be used (names the task / item)
  ├── ModelError                 talking to a model failed
  │    ├── ModelConfigError      unknown model spec, missing key, missing extra
- │    ├── TransportError        network / HTTP failure after retries (status, attempts)
- │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota)
+ │    ├── TransportError        network / HTTP failure or malformed answer after retries (status, attempts, raw)
+ │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota): a run stops
  │    └── OutputError           the answer could not be validated (raw output kept)
  ├── RunError                   a relabel run directory can't be resumed as asked
  └── LabelStudioError           Label Studio unreachable, no API key, or its API refused
@@ -105,9 +105,10 @@ class ModelConfigError(ModelError):
 class TransportError(ModelError):
     """The request failed at the network or HTTP level, after any retries."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1, raw: str | None = None) -> None:
         self.status = status
         self.attempts = attempts
+        self.raw = raw  # the body of a malformed answer, kept for the failed prediction
         super().__init__(message)
 
 

@@ -12,7 +12,11 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing"]
+__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing",
+           "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
+
+# A cell starting with one of these is run as a formula by spreadsheet apps (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def bundled(package: str) -> Path:
@@ -53,6 +57,25 @@ def append_jsonl(f, obj: Any) -> None:
     """Append one JSON line in a single write, so a kill can tear at most the last line."""
     f.write(json.dumps(obj, ensure_ascii=False) + "\n")
     f.flush()
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, prefixed with `'` (shown as text); others as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(cell: str) -> str:
+    """The original text of a cell `spreadsheet_safe` escaped (reading our own CSVs back)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] and cell[1:2] in _FORMULA_START else cell
+
+
+def write_spreadsheet_csv(path: str | Path, df) -> None:
+    """Atomically write a DataFrame as CSV for spreadsheet apps: UTF-8 with BOM, formula-like text cells escaped."""
+    safe = df.map(spreadsheet_safe)  # every column: pandas may hold text as object or as its string dtype
+    safe.columns = [spreadsheet_safe(str(c)) for c in safe.columns]
+    atomic_write_bytes(path, safe.to_csv(index=False).encode("utf-8-sig"))  # BOM so Excel reads the Chinese text right
 
 
 def parse_yaml(text: str, path: str | Path, error: type[Exception]) -> Any:

@@ -13,9 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._corpus import Corpus, load_corpus
-from ._exceptions import RunError
+from ._exceptions import FatalTransportError, RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
 from ._labeler import Labeler, LabelerConfig
+from ._prompts import EXAMPLE_MAX_CHARS
+from ._redact import redact
 from ._schema import Prediction
 
 __all__ = ["RelabelConfig", "relabel", "arelabel", "PRICES", "estimate_tokens", "select_items"]
@@ -49,6 +51,8 @@ class RelabelConfig(BaseModel):
     seed: int = 0
     force: bool = False
     prices: str | None = None
+    header: bool | None = None  # TSV: None = detect a `label<TAB>text` header line
+    encoding: str | None = None  # None = UTF-8, or GB18030 when the file plainly is not UTF-8 (a guess; warned)
     labeler: LabelerConfig = Field(default_factory=LabelerConfig)
 
 
@@ -141,7 +145,23 @@ def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[
         "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col, "skip_bad": cfg.skip_bad,
         "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
         "prompt": labeler.prompt.ref, "model": labeler.model.name, "settings": settings,
+        # only when set, so run directories made before these options existed still resume
+        **{k: v for k, v in (("header", cfg.header), ("encoding", cfg.encoding)) if v is not None},
     }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Each setting that differs, as `name: old -> new` (nested settings by dotted name)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> None:
@@ -153,9 +173,9 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> No
     old = json.loads(state.read_text(encoding="utf-8")).get("fingerprint", {})
     if old == fingerprint:
         return
-    diffs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    diffs = _differences(old, fingerprint)
     if not force:
-        raise RunError(f"{run_dir} holds a run with other settings ({', '.join(diffs)} differ); "
+        raise RunError(f"{run_dir} holds a run whose settings differ ({'; '.join(diffs)}); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for name in ("predictions.jsonl", "run.json"):
@@ -181,7 +201,8 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     """Relabel a dataset into cfg.out; resumable; returns the run summary (or the dry-run estimate)."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad,
+                         header=cfg.header, encoding=cfg.encoding)
     items = select_items(corpus, cfg.limit, cfg.sample, cfg.seed)
     lcfg = cfg.labeler
     pool = lcfg.examples
@@ -196,10 +217,55 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         return _dry_run(cfg, corpus, items, labeler, prices)
 
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _lock_run_dir(run_dir)
+    except BaseException:
+        await labeler.aclose()
+        raise
+    try:
+        return await _run(cfg, run_dir, corpus, items, labeler, prices, started, t0, progress)
+    finally:
+        lock.release()
+
+
+def _lock_run_dir(run_dir: Path):
+    """Create and hold the run directory for this process; a second run on it is refused, naming the holder's PID."""
+    import os
+
+    from filelock import FileLock, Timeout
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "is a file, not a directory" if run_dir.is_file() else f"can't be created ({err.strerror or err})"
+        raise RunError(f"--out {run_dir} {what}; give a directory path") from None
+    lock = FileLock(run_dir / ".lock", timeout=0)
+    pid_file = run_dir / ".lock.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = pid_file.read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise RunError(f"{run_dir} is in use by another labelwise run (PID {holder}); wait for it to finish "
+                       "or give another --out") from None
+    atomic_write_json(pid_file, os.getpid())
+    return lock
+
+
+async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,
+               started: datetime, t0: float, progress: bool | None) -> dict[str, Any]:
+    """The run itself, with the run directory locked: resume, label, write the review files and the manifest."""
+    lcfg = cfg.labeler
+    pool = lcfg.examples
     input_hash = _sha256(cfg.input)
     fingerprint = _fingerprint(cfg, input_hash, labeler)
-    _check_resume(run_dir, fingerprint, cfg.force)
+    try:
+        _check_resume(run_dir, fingerprint, cfg.force)
+    except RunError:
+        await labeler.aclose()
+        raise
     atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "started": started.isoformat()})
 
     pred_path = run_dir / "predictions.jsonl"
@@ -208,6 +274,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     todo = [(it.id, it.text) for it in items if it.id not in done]
     bar = Progress(len(items), len(done), sys.stderr.isatty() if progress is None else progress)
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    fatal: FatalTransportError | None = None
     try:
         with open(pred_path, "a", encoding="utf-8") as f:
             def record(pred: Prediction) -> None:
@@ -218,7 +285,10 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                         usage[k] += pred.usage.get(k, 0)
                 bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))
 
-            await labeler.alabel_items(todo, on_result=record, collect=False)
+            try:
+                await labeler.alabel_items(todo, on_result=record, collect=False)
+            except FatalTransportError as err:  # no new request was sent after it; answers received are written
+                fatal = err
     finally:
         bar.close()
         await labeler.aclose()
@@ -234,12 +304,15 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
 
     manifest = {
         "tool": f"labelwise {__version__}",
-        "command": " ".join(sys.argv),
+        "command": redact(" ".join(sys.argv)),
         "input": {"path": str(cfg.input), "sha256": input_hash, "rows": corpus.rows, "unique_texts": len(corpus),
                   "labeled": corpus.labeled, "encoding": corpus.encoding,
+                  "encoding_guessed": corpus.encoding_guessed, "header_line_skipped": corpus.header_skipped,
                   "skipped_lines": [{"line": s.line, "reason": s.reason} for s in corpus.skipped]},
         "examples": {"path": str(pool) if pool else "input (leave-one-out)",
-                     "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
+                     "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or []),
+                     "max_chars": EXAMPLE_MAX_CHARS,
+                     "texts_cut_to_max_chars": sum(len(it.text) > EXAMPLE_MAX_CHARS for it in labeler.pool or [])},
         **labeler.model.describe(),
         "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
@@ -249,9 +322,15 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices),
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
+        "stopped_by": str(fatal) if fatal else None,
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
-    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"]}
+    if fatal is not None:
+        raise FatalTransportError(f"{fatal} -- run stopped: no new requests were sent after it; "
+                                  f"{manifest['counts']['ok']} answers received were written to {run_dir}",
+                                  status=fatal.status, attempts=fatal.attempts) from fatal
+    first_error = next((r.get("error") for r in rows if r["status"] == "failed"), None)
+    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"], "first_error": first_error}
 
 
 def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, prices) -> dict[str, Any]:

@@ -10,8 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from ._prompts import LABEL_JOINER
+from ._redact import redact
 
-__all__ = ["Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence"]
+RAW_CAP = 20_000  # characters of a raw answer kept in a prediction; the rest is cut, and the cut is said
+
+__all__ = ["RAW_CAP", "Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence"]
 
 
 class Prediction(BaseModel):
@@ -34,6 +37,15 @@ class Prediction(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     cached: bool = False
     raw: str | None = None
+
+    @field_validator("error", "raw")
+    @classmethod
+    def _safe_to_store(cls, value: str | None, info) -> str | None:
+        """No secret is ever recorded (a server may echo the key); a huge raw answer is cut, saying so."""
+        value = redact(value)
+        if info.field_name == "raw" and value is not None and len(value) > RAW_CAP and "[cut: " not in value[RAW_CAP:]:
+            value = value[:RAW_CAP] + f" [cut: {len(value) - RAW_CAP} more characters]"
+        return value
 
 
 def _dedupe(labels: list[str]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from enum import IntEnum
 from pathlib import Path
 from typing import Optional
 
@@ -21,23 +23,43 @@ PromptOpt = typer.Option("fewshot", "--prompt", help="prompt name under prompts/
 MultiOpt = typer.Option(True, "--multi-label/--single-label", help="allow several labels per text")
 NoCacheOpt = typer.Option(False, "--no-cache", help="neither read nor write the response cache")
 StructuredOpt = typer.Option("auto", "--structured", help="auto | json_schema | json_object | prompt (openai models)")
+TimeoutOpt = typer.Option(60.0, "--timeout", min=0.1, help="seconds to wait for one answer before retrying (openai models)")
+
+
+class ExitCode(IntEnum):
+    """What `labelwise` exits with (listed in the README)."""
+
+    OK = 0
+    BELOW_GATE = 1  # eval: a --fail-under gate failed
+    BAD_INPUT = 2  # bad arguments, input file, settings or run directory (also: run directory in use)
+    FATAL = 3  # the server refused in a way no retry fixes (auth, permission, not found, quota): the run stopped
+    ALL_FAILED = 4  # a run ended with every text failed
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 @app.callback()
 def _root() -> None:
     """Label texts with an LLM against a fixed taxonomy; relabel datasets; score agreement; evaluate prompts."""
+    warnings.showwarning = _show_warning  # one line on stderr, not a source location
 
 
 def _fail(err: Exception) -> None:
+    from ._exceptions import FatalTransportError
+
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(ExitCode.FATAL if isinstance(err, FatalTransportError) else ExitCode.BAD_INPUT)
 
 
-def _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured) -> dict:
+def _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
+                     timeout) -> dict:
     from ._labeler import DEFAULT_CORPUS
 
     return dict(model=model, base_url=base_url, examples=examples or DEFAULT_CORPUS, taxonomy=taxonomy, shots=shots,
-                strategy=strategy, prompt=prompt, multi_label=multi_label, cache=not no_cache, structured=structured)
+                strategy=strategy, prompt=prompt, multi_label=multi_label, cache=not no_cache, structured=structured,
+                timeout=timeout)
 
 
 @app.command()
@@ -53,6 +75,7 @@ def label(
     multi_label: bool = MultiOpt,
     no_cache: bool = NoCacheOpt,
     structured: str = StructuredOpt,
+    timeout: float = TimeoutOpt,
 ) -> None:
     """Label texts; print one JSON object per text."""
     from ._exceptions import LabelwiseError
@@ -60,7 +83,8 @@ def label(
 
     if texts == ["-"]:
         texts = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured)
+    opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
+                            timeout)
     try:
         with Labeler(opts.pop("model"), examples=opts.pop("examples"), taxonomy=opts.pop("taxonomy"),
                      prompt=opts.pop("prompt"), **opts) as labeler:
@@ -85,6 +109,9 @@ def relabel(
     text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip malformed input lines (reported) instead of stopping"),
+    header: Optional[bool] = typer.Option(None, "--header/--no-header",
+                                          help="TSV: the first line is (not) a header; default: detected"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="input encoding; default: UTF-8, or GB18030 (guessed)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="label only the first N unique texts"),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="label a seeded random sample of N unique texts"),
     seed: int = typer.Option(0, "--seed"),
@@ -97,6 +124,7 @@ def relabel(
     force: bool = typer.Option(False, "--force", help="start over in a run directory made with other settings"),
     no_cache: bool = NoCacheOpt,
     structured: str = StructuredOpt,
+    timeout: float = TimeoutOpt,
 ) -> None:
     """Relabel a dataset; write predictions, labels.csv, disagreements.csv, report.json/html, manifest.json."""
     from ._exceptions import LabelwiseError
@@ -108,9 +136,10 @@ def relabel(
         lcfg = LabelerConfig(model=model, base_url=base_url, examples=str(examples) if examples else None,
                              taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
                              multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                             items_per_request=items_per_request, cache=not no_cache, structured=structured)
+                             items_per_request=items_per_request, cache=not no_cache, structured=structured, timeout=timeout)
         cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, skip_bad=skip_bad, limit=limit,
-                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg)
+                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg,
+                            header=header, encoding=encoding)
         result = run(cfg, dry_run=dry_run)
     except (LabelwiseError, ValueError) as err:
         _fail(err)
@@ -136,6 +165,9 @@ def relabel(
     typer.echo(f"review: {result['run_dir']}/disagreements.csv, {result['run_dir']}/report.html")
     if c["failed"]:
         typer.echo(f"{c['failed']} texts failed; run the same command again to retry them", err=True)
+    if c["predictions"] and not c["ok"]:
+        typer.echo(f"error: every text failed; the first error: {result['first_error']}", err=True)
+        raise typer.Exit(ExitCode.ALL_FAILED)
 
 
 @app.command()
@@ -194,7 +226,7 @@ def eval_(
     if failures:
         for f in failures:
             typer.echo(f"FAIL: {f}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.BELOW_GATE)
 
 
 review_app = typer.Typer(no_args_is_help=True, help="Review likely label errors in Label Studio and apply the corrections.")
