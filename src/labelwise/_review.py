@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 from ._corpus import LABEL_COLUMNS, TEXT_COLUMNS, _decode, item_id, load_corpus
 from ._exceptions import LabelStudioError, ReviewError
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_jsonl
+from ._redact import install_log_redaction, redact, register_secret
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
@@ -219,6 +220,8 @@ def _client(url: str) -> Iterator[Any]:
     key = os.environ.get(API_KEY_ENV)
     if not key:
         raise LabelStudioError(f"set {API_KEY_ENV} to your Label Studio access token (Account & Settings)")
+    register_secret(key)  # redacted from every message and log line from now on
+    install_log_redaction()
     try:
         import httpx
         from label_studio_sdk import LabelStudio
@@ -245,10 +248,10 @@ def _api(url: str) -> Iterator[None]:
         body = e.body if isinstance(e.body, dict) else {"detail": str(e.body)[:300]}
         detail = body.get("detail") or body
         errors = body.get("validation_errors")
-        raise LabelStudioError(f"Label Studio at {url} answered {e.status_code}: {detail}"
-                               + (f" {errors}" if errors else "")) from None
+        raise LabelStudioError(redact(f"Label Studio at {url} answered {e.status_code}: {detail}"
+                                      + (f" {errors}" if errors else ""))) from None
     except httpx.HTTPError as e:
-        raise LabelStudioError(f"can't reach Label Studio at {url}: {type(e).__name__}: {e}") from None
+        raise LabelStudioError(redact(f"can't reach Label Studio at {url}: {type(e).__name__}: {e}")) from None
 
 
 def _find_project(client: Any, title: str) -> Any | None:
