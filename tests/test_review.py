@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from labelwise import item_id, load_corpus
+from labelwise import item_id, label_config, load_corpus
 
 from conftest import free_port
 
@@ -141,8 +141,6 @@ def test_export_top_and_min_score(cli, run_dir, tmp_path):
 
 
 def test_export_single_label_config():
-    from labelwise import label_config
-
     root = ET.fromstring(label_config(("A & B", '"q"'), multi_label=False))
     choices = root.find("Choices")
     assert choices.get("choice") == "single"
@@ -471,6 +469,15 @@ def test_label_studio_errors_are_clear(cli, run_dir, label_studio, monkeypatch, 
     result = cli("review", "pull", "--url", label_studio, "--project", "no such project", "--out", tmp_path / "c.jsonl")
     assert result.exit_code == 2 and "no project titled 'no such project'" in result.stderr
     assert not (tmp_path / "c.jsonl").exists()
+
+    # a project someone made for other labels is not filled with tasks it can't show
+    from label_studio_sdk import LabelStudio
+
+    ls = LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
+    other = ls.projects.create(title="other labels", label_config=label_config(("甲", "乙"), multi_label=True))
+    result = cli("review", "push", run, "--url", label_studio, "--project", "other labels")
+    assert result.exit_code == 2 and "project 'other labels' can't take this run's labels" in result.stderr
+    assert list(ls.tasks.list(project=other.id)) == []
 
 
 @pytest.mark.labelstudio

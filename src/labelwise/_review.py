@@ -259,6 +259,17 @@ def _find_project(client: Any, title: str) -> Any | None:
     return min(matches, key=lambda p: p.id) if matches else None
 
 
+def _config_choices(config: str | None) -> set[str]:
+    """The Choice values of our Choices control in a project's labeling config (empty if it has none)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(config or "<View/>")
+    except ET.ParseError:
+        return set()
+    return {c.get("value") for ch in root.iter("Choices") if ch.get("name") == FROM_NAME for c in ch.iter("Choice")}
+
+
 def _pushed_ids(client: Any, project_id: int) -> set[str]:
     ids = set()
     for task in client.tasks.list(project=project_id, page_size=500):
@@ -280,6 +291,11 @@ def push_tasks(run_dir: str | Path, url: str, project: str | None = None, *, top
         if created:
             proj = client.projects.create(title=title, label_config=label_config(run.labels, run.multi_label),
                                           description=f"labelwise review: {run.model_version}")
+        else:
+            lacking = [lab for lab in run.labels if lab not in _config_choices(client.projects.get(id=proj.id).label_config)]
+            if lacking:
+                raise LabelStudioError(f"project {title!r} can't take this run's labels: its labeling config has no "
+                                       f"<Choices name=\"{FROM_NAME}\"> choice for {lacking}; push to another --project")
         done = _pushed_ids(client, proj.id)
         todo = [it for it in items if it.id not in done]
         imported = 0
