@@ -385,7 +385,7 @@ def _read_corrections(path: Path, tax: Taxonomy, known: set[str]) -> dict[str, d
             r = json.loads(line)
         except json.JSONDecodeError as e:
             raise ReviewError(f"invalid JSON: {e.msg}", path=path, line=n, column=e.colno) from None
-        task = f"task {r.get('task')}" if isinstance(r, dict) else "?"
+        task = f"task {r.get('task') if isinstance(r, dict) and r.get('task') is not None else '?'}"
         if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not isinstance(r.get("labels"), list):
             raise ReviewError(f"{task}: expected an object with id and labels", path=path, line=n)
         if not r["labels"]:
