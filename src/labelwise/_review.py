@@ -442,13 +442,13 @@ def _apply_jsonl(text: str, fixes: dict[str, list[str]], text_col: str | None, l
 
 
 def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: str | None, label_col: str | None,
-                 encoding: str) -> bytes:
+                 encoding: str, given: str | None) -> bytes:
     import pandas as pd
 
     if fmt == "parquet":
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(io.StringIO(_decode(path.read_bytes(), path)[0]), sep="\t" if fmt == "tsv" else ",",
+        df = pd.read_csv(io.StringIO(_decode(path.read_bytes(), path, given)[0]), sep="\t" if fmt == "tsv" else ",",
                          dtype=str, keep_default_na=False)
     tcol = text_col or next(c for c in TEXT_COLUMNS if c in df.columns)
     lcol = label_col or next((c for c in LABEL_COLUMNS if c in df.columns), None)
@@ -476,23 +476,23 @@ def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: st
 
 def apply_corrections(corpus: str | Path, corrections: str | Path, out: str | Path, *, log: str | Path | None = None,
                       taxonomy: str | Path | None = None, text_col: str | None = None,
-                      label_col: str | None = None) -> dict[str, Any]:
+                      label_col: str | None = None, encoding: str | None = None) -> dict[str, Any]:
     """Write the corpus with reviewed labels applied, in the corpus's own format and encoding, plus a change log CSV."""
     corpus, corrections, out = Path(corpus), Path(corrections), Path(out)
     if out.resolve() == corpus.resolve() or (out.exists() and corpus.exists() and out.samefile(corpus)):
         raise ReviewError("--out is the corpus itself; the corpus is never modified in place: write elsewhere", path=out)
-    loaded = load_corpus(corpus, text_col=text_col, label_col=label_col)
+    loaded = load_corpus(corpus, text_col=text_col, label_col=label_col, encoding=encoding, require_labels=True)
     tax = load_taxonomy(taxonomy) if taxonomy else Taxonomy.from_labels(loaded.labels, source=str(corpus))
     by_id = loaded.by_id()
     fixes = _read_corrections(corrections, tax, set(by_id))
     new = {iid: list(dict.fromkeys(r["labels"])) for iid, r in fixes.items()}
     fmt = corpus.suffix.lstrip(".").lower()
     if fmt in ("tsv", "txt") and text_col is None:
-        data = _apply_tsv(_decode(corpus.read_bytes(), corpus)[0], new).encode(loaded.encoding)
+        data = _apply_tsv(_decode(corpus.read_bytes(), corpus, encoding)[0], new).encode(loaded.encoding)
     elif fmt == "jsonl":
-        data = _apply_jsonl(_decode(corpus.read_bytes(), corpus)[0], new, text_col, label_col).encode(loaded.encoding)
+        data = _apply_jsonl(_decode(corpus.read_bytes(), corpus, encoding)[0], new, text_col, label_col).encode(loaded.encoding)
     else:
-        data = _apply_table(corpus, fmt, new, text_col, label_col, loaded.encoding)
+        data = _apply_table(corpus, fmt, new, text_col, label_col, loaded.encoding, encoding)
     changes = [{"id": iid, "text": _cell(by_id[iid].text), "old_labels": _cell("|".join(by_id[iid].labels)),
                 "new_labels": _cell("|".join(labels)), "annotator": _cell(fixes[iid].get("annotator") or ""),
                 "time": fixes[iid].get("time") or "", "task": fixes[iid].get("task")}

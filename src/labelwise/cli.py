@@ -316,12 +316,13 @@ def review_apply(
     taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="taxonomy file; default: the corpus' labels"),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="corpus encoding; default: UTF-8, or GB18030 (guessed)"),
 ) -> None:
     """Write the corpus with the reviewed labels applied, and a change log; unreviewed items keep their labels."""
     from ._review import apply_corrections
 
     r = _review_call(apply_corrections, corpus, corrections, out, log=log, taxonomy=taxonomy, text_col=text_col,
-                     label_col=label_col)
+                     label_col=label_col, encoding=encoding)
     typer.echo(f"{r['reviewed']} reviewed items: {r['changed']} changed, {r['unchanged']} confirmed; "
                f"{r['items']} items -> {r['out']}; change log -> {r['log']}")
 
