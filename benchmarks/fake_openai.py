@@ -15,11 +15,14 @@ Answers are valid labels in the requested format:
   a deterministic right answer by putting the label into the text.
 
 `Scenario.script` entries (consumed one per chat request, before limits and rates; `server.script` is a deque a
-test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", an HTTP status
-"429" / "429:RETRY_AFTER_S" / "500" / "503" ..., or one of the misbehaving answers in `MISBEHAVIOURS` (a 200 that is
-not a usable completion, a 401 echoing the key, an exhausted quota, a huge answer). Limits: `max_in_flight` concurrent answers, and `rpm` as a token
-bucket (`rpm_burst` tokens, refilled at rpm/60 per second); beyond either, 429 with `Retry-After` (seconds, may be
-fractional) and `retry-after-ms`. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
+test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", "hold" (a valid
+answer held, in flight, until `server.release()`: a test sees `server.held` requests in flight without timing),
+"drop" (the connection is closed with no answer), an HTTP status "429" / "429:RETRY_AFTER_S" / "500" / "503" ...,
+or one of the misbehaving answers in `MISBEHAVIOURS` (a 200 that is not a usable completion, a 401 echoing the key,
+an exhausted quota, a huge answer). Limits: `max_in_flight` concurrent answers, and `rpm` as a token bucket
+(`rpm_burst` tokens, refilled at rpm/60 per second of `server.clock`, which a test may replace); beyond either, 429
+with `Retry-After` (seconds, may be fractional) and `retry-after-ms`, or with `retry_after_date` an HTTP-date
+`Retry-After` alone. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import email.utils
 import functools
 import http
 import json
@@ -45,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
-_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
+_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hold|drop|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
                         r"|empty_choices|html_200|not_completion|broken_logprobs|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
 # Script entries for answers no healthy server gives: the client must survive each of them.
 MISBEHAVIOURS = {
@@ -74,6 +78,7 @@ class Scenario(BaseModel):
     rpm: float | None = Field(default=None, gt=0)
     rpm_burst: float | None = Field(default=None, ge=1)  # token-bucket size; default one second's worth (at least 1)
     retry_after_s: float = Field(default=1.0, ge=0)  # Retry-After of max_in_flight and plain scripted "429" answers
+    retry_after_date: bool = False  # 429s say Retry-After as an HTTP date (whole seconds, rounded up), no retry-after-ms
     error_rate: float = Field(default=0.0, ge=0, le=1)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     off_taxonomy_rate: float = Field(default=0.0, ge=0, le=1)
@@ -175,7 +180,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.head: tuple[str, str, dict[str, str], int, bool] | None = None  # method, path, headers, length, close
         self.transport: asyncio.Transport | None = None
-        self.pending: tuple[asyncio.TimerHandle, _Reply] | None = None  # a delayed answer (latency, hang)
+        self.pending: tuple[asyncio.TimerHandle | None, _Reply] | None = None  # a delayed (None: held) answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -185,7 +190,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)
         if self.pending:  # the client gave up (timeout) or the server closes: the answer is never sent
-            self.pending[0].cancel()
+            if self.pending[0] is not None:
+                self.pending[0].cancel()
+            else:
+                self.server._held.remove(self)
             self.server._finish(self.pending[1], sent=False)
             self.pending = None
 
@@ -226,7 +234,14 @@ class _Connection(asyncio.Protocol):
             except Exception as e:  # noqa: BLE001 - a bug here must not look like a hanging server
                 reply = _error(500, f"fake server failure: {e!r}", "server_error")
             reply.close = close
-            if reply.delay > 0:
+            if reply.drop:
+                self.server._finish(reply, sent=False)
+                self.transport.abort()
+                return
+            if reply.held:
+                self.pending = (None, reply)
+                self.server._held.append(self)
+            elif reply.delay > 0:
                 loop = asyncio.get_running_loop()
                 self.pending = (loop.call_later(reply.delay, self._send, reply), reply)
             else:
@@ -260,6 +275,8 @@ class _Reply:
     arrival: float = 0.0
     close: bool = False
     content_type: str = "application/json"
+    held: bool = False  # sent only on `server.release()`
+    drop: bool = False  # never sent: the connection is closed instead
 
 
 class FakeOpenAIServer:
@@ -272,8 +289,10 @@ class FakeOpenAIServer:
         self.stats = Stats()
         self.script: collections.deque[str] = collections.deque(self.scenario.script)
         self._rng = random.Random(self.scenario.seed)
+        self.clock = time.monotonic  # the rpm bucket's clock; a test may set a manual one before the first request
         self._tokens = self._bucket_size()
-        self._refilled = time.monotonic()
+        self._refilled: float | None = None
+        self._held: list[_Connection] = []
         self._ids = 0
         self._authorization = ""
         self._conns: set[_Connection] = set()
@@ -337,6 +356,23 @@ class FakeOpenAIServer:
             self._thread.join(10)
         self._thread = None
 
+    @property
+    def held(self) -> int:
+        """How many "hold" answers wait for `release()` (each is a request in flight)."""
+        return len(self._held)
+
+    def release(self) -> None:
+        """Send every held answer now (callable from any thread)."""
+        def send() -> None:
+            held, self._held = self._held, []
+            for conn in held:
+                reply = conn.pending[1] if conn.pending else None
+                if reply is not None and reply.held:
+                    conn._send(reply)
+
+        assert self._loop is not None, "the server is not running"
+        self._loop.call_soon_threadsafe(send)
+
     def cpu_s(self) -> float:
         """CPU seconds the server's thread has used so far."""
         if self._loop is None or self._thread is None:
@@ -392,8 +428,9 @@ class FakeOpenAIServer:
     def _rpm_wait(self) -> float:
         """Take one rpm token: 0 when admitted, else seconds until one is available."""
         rate = self.scenario.rpm / 60.0  # type: ignore[operator]
-        now = time.monotonic()
-        self._tokens = min(self._bucket_size(), self._tokens + (now - self._refilled) * rate)
+        now = self.clock()
+        if self._refilled is not None:
+            self._tokens = min(self._bucket_size(), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -443,8 +480,11 @@ class FakeOpenAIServer:
         elif kind == "429":
             st.rate_limited += 1
             ms = max(0, math.ceil((sc.retry_after_s if arg is None else arg) * 1000))
-            reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
-                           {"retry-after": _fmt_s(ms / 1000), "retry-after-ms": str(ms)})
+            after = {"retry-after": email.utils.formatdate(math.ceil(time.time() + ms / 1000), usegmt=True)} \
+                if sc.retry_after_date else {"retry-after": _fmt_s(ms / 1000), "retry-after-ms": str(ms)}
+            reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded", after)
+        elif kind == "drop":
+            reply = _Reply(0, b"", drop=True)
         elif kind.isdigit():
             st.errors += int(kind) >= 500
             reply = _error(int(kind), f"injected error {kind} (fake server)",
@@ -453,7 +493,7 @@ class FakeOpenAIServer:
             st.garbage += kind == "garbage"
             st.off_taxonomy += kind == "off_taxonomy"
             reply = _Reply(200, json.dumps(self._completion(req, req["messages"], kind), ensure_ascii=False).encode())
-        reply.chat, reply.arrival = True, arrival
+        reply.chat, reply.arrival, reply.held = True, arrival, kind == "hold"
         if kind != "429":
             reply.admitted = True
             st.in_flight += 1

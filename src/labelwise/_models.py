@@ -189,7 +189,7 @@ def _check_completion(resp: Any) -> None:
         body = resp
     else:
         try:
-            body = resp.to_json(indent=None)
+            body = resp.to_json(indent=None, warnings=False)  # the body is broken on purpose: no pydantic chatter
         except Exception:  # noqa: BLE001 - any repr of a broken object will do for the record
             body = repr(resp)
     raise _Malformed(problem, body)

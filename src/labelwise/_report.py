@@ -181,7 +181,9 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, An
         "error": r.get("error") or "",
     } for r in rows], columns=["id", "text", "existing_labels", "new_labels", "confidence", "status", "agrees", "exact", "error"])
     write_spreadsheet_csv(run_dir / "labels.csv", table)
-    dis = table[table["agrees"] == False].sort_values("confidence", ascending=False, na_position="last")  # noqa: E712
+    # surest first; a stable sort keeps ties (equal or no confidence) in input order, so the file is reproducible
+    dis = table[table["agrees"] == False].sort_values(  # noqa: E712
+        "confidence", ascending=False, na_position="last", kind="stable")
     write_spreadsheet_csv(run_dir / "disagreements.csv", dis)
 
     scored = [r for r in rows if r["status"] == "ok" and r.get("gold")]

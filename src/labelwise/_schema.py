@@ -96,10 +96,13 @@ def _load_json(text: str) -> Any:
     end = s.rfind("}")
     if start < 0 or end < start:
         raise ValueError(f"not a JSON object: {text[:80]!r}")
+    obj = s[start:end + 1]
     try:
-        return json.loads(s[start:end + 1])
+        return json.loads(obj)
     except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+        pos = max(0, text.find(obj)) + e.pos  # where in the answer itself, not in the object cut out of it
+        line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        raise ValueError(f"invalid JSON: {e.msg} at line {line}, column {col} of the answer") from None
 
 
 def parse_answer(text: str, fmt: str, labels: tuple[str, ...], multi_label: bool, max_labels: int) -> list[str]:
