@@ -302,6 +302,104 @@ def batch_cancel(run: Path = typer.Argument(..., help="run directory"), base_url
         _fail(err)
 
 
+review_app = typer.Typer(no_args_is_help=True, help="Review likely label errors in Label Studio and apply the corrections.")
+app.add_typer(review_app, name="review")
+LsUrlOpt = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL", help="Label Studio URL, e.g. http://localhost:8080")
+TopOpt = typer.Option(None, "--top", min=1, help="only the N likeliest errors")
+MinScoreOpt = typer.Option(None, "--min-score", min=0.0, max=1.0, help="only items with issue_score >= S")
+RunTaxonomyOpt = typer.Option(None, "--taxonomy", help="taxonomy file; default: the one the run used")
+
+
+def _review_call(fn, *args, **kwargs) -> dict:
+    from ._exceptions import LabelwiseError
+
+    try:
+        return fn(*args, **kwargs)
+    except (LabelwiseError, ValueError) as err:
+        _fail(err)
+
+
+@review_app.command("export")
+def review_export(
+    run: Path = typer.Argument(..., help="relabel run directory with label_issues.csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Label Studio import file (JSON); the config XML goes beside it"),
+    to: str = typer.Option("label-studio", "--to", help="target tool (label-studio)"),
+    top: Optional[int] = TopOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    taxonomy: Optional[Path] = RunTaxonomyOpt,
+) -> None:
+    """Write the run's likeliest label errors as Label Studio tasks, with the labeling config beside them."""
+    from ._review import export_tasks
+
+    if to != "label-studio":
+        _fail(ValueError(f"--to {to!r}: only label-studio is supported"))
+    r = _review_call(export_tasks, run, out, top=top, min_score=min_score, taxonomy=taxonomy)
+    typer.echo(f"{r['tasks']} tasks (of {r['scored']} scored items) -> {r['out']}; labeling config -> {r['config']}")
+
+
+@review_app.command("push")
+def review_push(
+    run: Path = typer.Argument(..., help="relabel run directory with label_issues.csv"),
+    url: str = LsUrlOpt,
+    project: Optional[str] = typer.Option(None, "--project", help="project title (created if missing); default: 'labelwise RUN'"),
+    top: Optional[int] = TopOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    taxonomy: Optional[Path] = RunTaxonomyOpt,
+    chunk_size: int = typer.Option(500, "--chunk-size", min=1, help="tasks per import request"),
+) -> None:
+    """Import the run's tasks into a Label Studio project (key from LABEL_STUDIO_API_KEY); never imports an item twice."""
+    from ._review import push_tasks
+
+    r = _review_call(push_tasks, run, url, project, top=top, min_score=min_score, taxonomy=taxonomy, chunk_size=chunk_size)
+    typer.echo(f"project {r['project']!r} ({'created' if r['created'] else 'reused'}): {r['imported']} tasks imported, "
+               f"{r['already_there']} already there; {r['url']}")
+
+
+@review_app.command("pull")
+def review_pull(
+    url: str = LsUrlOpt,
+    project: str = typer.Option(..., "--project", help="project title"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
+) -> None:
+    """Fetch the submitted annotations of a project as corrections.jsonl."""
+    from ._review import pull_corrections
+
+    r = _review_call(pull_corrections, url, project, out)
+    typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
+
+
+@review_app.command("import")
+def review_import(
+    export: Path = typer.Argument(..., help="JSON export downloaded from the Label Studio UI"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
+) -> None:
+    """Read the submitted annotations from a Label Studio JSON export file as corrections.jsonl."""
+    from ._review import import_corrections
+
+    r = _review_call(import_corrections, export, out)
+    typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
+
+
+@review_app.command("apply")
+def review_apply(
+    corpus: Path = typer.Argument(..., help="the labeled dataset the run was made from (left untouched)"),
+    corrections: Path = typer.Argument(..., help="corrections.jsonl from review pull / review import"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrected dataset, in the corpus's format"),
+    log: Optional[Path] = typer.Option(None, "--log", help="change log CSV (default: OUT stem + .changes.csv)"),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="taxonomy file; default: the corpus' labels"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="corpus encoding; default: UTF-8, or GB18030 (guessed)"),
+) -> None:
+    """Write the corpus with the reviewed labels applied, and a change log; unreviewed items keep their labels."""
+    from ._review import apply_corrections
+
+    r = _review_call(apply_corrections, corpus, corrections, out, log=log, taxonomy=taxonomy, text_col=text_col,
+                     label_col=label_col, encoding=encoding)
+    typer.echo(f"{r['reviewed']} reviewed items: {r['changed']} changed, {r['unchanged']} confirmed; "
+               f"{r['items']} items -> {r['out']}; change log -> {r['log']}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
