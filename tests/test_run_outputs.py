@@ -8,6 +8,7 @@ import pandas as pd
 
 from labelwise._report import write_run_outputs
 
+
 def row(n: int, labels: list[str], gold: list[str], confidence: float | None, status: str = "ok") -> dict:
     return {"id": f"id{n:03d}", "text": f"文本{n}", "labels": labels, "gold": gold, "confidence": confidence,
             "status": status, "error": None if status == "ok" else "invalid answer"}

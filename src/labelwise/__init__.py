@@ -22,10 +22,13 @@ _EXPORTS = {
     "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
+    "._batch": ["BatchConfig", "batch_status", "cancel_batches"],
     "._evals": ["run_eval", "EvalSpec"],
+    "._review": ["export_tasks", "push_tasks", "pull_corrections", "import_corrections", "apply_corrections", "label_config"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",
+        "ReviewError", "LabelStudioError",
     ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

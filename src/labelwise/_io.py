@@ -12,8 +12,8 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing",
-           "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
+__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_lines", "atomic_write_json", "append_jsonl",
+           "read_jsonl_repairing", "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
 
 # A cell starting with one of these is run as a formula by spreadsheet apps (OWASP "CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -28,19 +28,28 @@ def bundled(package: str) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
+    atomic_write_lines(path, [data])
+
+
+def atomic_write_lines(path: str | Path, chunks: Iterable[bytes]) -> int:
+    """Atomically write byte chunks as they come (a file larger than memory); returns how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    n = 0
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions a plain open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
+                n += 1
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return n
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -246,22 +246,29 @@ class Labeler:
         examples = self._examples_for([(iid, text)])
         return self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
 
-    async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str]) -> Prediction:
+    async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str], *,
+                             first: ModelAnswer | None = None, start: int = 1,
+                             defer: Callable[[ModelRequest, int], None] | None = None) -> Prediction | None:
+        """Ask, validate, re-ask with the error. `first`: an answer already in hand (a batch output line) for
+        attempt `start`; `defer`: re-asks are handed to it (a follow-up batch) instead of asked here (returns None)."""
         cfg = self.config
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         base = dict(id=iid, text=text, examples=example_ids, prompt=self.prompt.ref, model=self.model.name)
         all_cached = True
         raw = None
-        sent = 0  # requests sent for this item, transport retries included
-        for attempt in range(1, cfg.max_reasks + 2):
-            try:
-                answer, cached = await self._ask(request)
-            except (TransportError, ModelError) as err:
-                if isinstance(err, FatalTransportError) and self.fatal is None:
-                    self.fatal = err
-                return Prediction(**base, labels=[], status="failed", error=str(err),
-                                  attempts=sent + getattr(err, "attempts", 1), usage=usage,
-                                  raw=getattr(err, "raw", None) or raw)
+        sent = start - 1  # requests sent for this item, transport retries included (an earlier batch round: one)
+        for attempt in range(start, cfg.max_reasks + 2):
+            if first is not None:
+                answer, cached, first = first, False, None
+            else:
+                try:
+                    answer, cached = await self._ask(request)
+                except (TransportError, ModelError) as err:
+                    if isinstance(err, FatalTransportError) and self.fatal is None:
+                        self.fatal = err
+                    return Prediction(**base, labels=[], status="failed", error=str(err),
+                                      attempts=sent + getattr(err, "attempts", 1), usage=usage,
+                                      raw=getattr(err, "raw", None) or raw)
             sent += answer.attempts
             all_cached &= cached
             for k in usage:
@@ -274,6 +281,9 @@ class Labeler:
                 error = short_error(err)
                 echoed = answer.text if len(answer.text) <= RAW_CAP else answer.text[:RAW_CAP] + "…"
                 request = replace(request, reasks=request.reasks + ((echoed, REASK.format(error=error)),))
+                if defer is not None and attempt <= cfg.max_reasks:
+                    defer(request, attempt + 1)
+                    return None
                 continue
             self._remember(request, answer)
             pred = Prediction(**base, labels=labels, confidence=label_confidence(answer.text, answer.tokens, labels[0]),
@@ -299,38 +309,81 @@ class Labeler:
         if len(todo) == 1:
             out[todo[0][0]] = await self.alabel(todo[0][1], id=todo[0][0])
         elif todo:
-            keys = tuple(str(n) for n in range(1, len(todo) + 1))
-            examples = self._examples_for(todo)
-            rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, todo)], self.taxonomy,
-                                                examples, json_answer=self.json_answer)
-            schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
-            request = replace(self._request(rendered.text, batch=True, schema=schema), keys=keys)
+            request, example_ids = self.plan_request(todo)
             try:
+                answer: ModelAnswer | Exception
                 answer, cached = await self._ask(request)
-                results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
-                                             cfg.max_labels)
             except (TransportError, ModelError) as err:
                 if isinstance(err, FatalTransportError):
                     self.fatal = self.fatal or err
-                    return [out.get(iid) or self._failed(iid, text, err, list(rendered.example_ids)) for iid, text in items]
-                answer, cached, results = None, False, {k: str(err) for k in keys}
-            share = {k: v // len(todo) for k, v in (answer.usage.items() if answer else [])}
-            if answer and all(isinstance(v, list) for v in results.values()):
-                self._remember(request, answer)
-            for key, (iid, text) in zip(keys, todo):
-                labels = results[key]
-                if isinstance(labels, list):
-                    pred = Prediction(id=iid, text=text, labels=labels, examples=list(rendered.example_ids), prompt=self.prompt.ref,
-                                      model=self.model.name, usage=share, cached=cached, attempts=answer.attempts,
-                                      confidence=self._batch_confidence(answer, key, labels[0]))
-                    self._store(pred)
-                    out[iid] = pred
-                elif self.fatal is not None:  # no more requests once the run must stop
-                    out[iid] = self._failed(iid, text, self.fatal, list(rendered.example_ids))
-                else:
-                    self.stats["reasks"] += 1
-                    out[iid] = await self.alabel(text, id=iid)
+                    return [out.get(iid) or self._failed(iid, text, err, example_ids) for iid, text in items]
+                answer, cached = err, False
+            out.update(await self.afinish(todo, request, example_ids, answer, cached=cached))
         return [out[iid] for iid, _ in items]
+
+    def plan_request(self, items: Sequence[tuple[str, str]]) -> tuple[ModelRequest, list[str]]:
+        """The request the online path sends for one item or a group of items, and the ids of its examples."""
+        cfg = self.config
+        if len(items) == 1:
+            iid, text = items[0]
+            rendered = self.render(text, id=iid)
+            return self._request(rendered.text), list(rendered.example_ids)
+        keys = tuple(str(n) for n in range(1, len(items) + 1))
+        examples = self._examples_for(items)
+        rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, items)], self.taxonomy,
+                                            examples, json_answer=self.json_answer)
+        schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
+        return replace(self._request(rendered.text, batch=True, schema=schema), keys=keys), list(rendered.example_ids)
+
+    async def afinish(
+        self, items: Sequence[tuple[str, str]], request: ModelRequest, example_ids: list[str],
+        answer: ModelAnswer | Exception, *, cached: bool = False, start: int = 1,
+        defer: Callable[[Sequence[tuple[str, str]], ModelRequest, list[str], int], None] | None = None,
+    ) -> dict[str, Prediction]:
+        """Predictions from an answer to `plan_request(items)` (or the error instead of one), validated as online.
+
+        Invalid answers and failed requests are asked again online, or handed to `defer(items, next_request,
+        example_ids, attempt)` (then left out of the result)."""
+        cfg = self.config
+        if len(items) == 1 and not request.keys:
+            iid, text = items[0]
+            if isinstance(answer, Exception):  # this request failed as a whole: ask it again
+                if defer is not None and start <= cfg.max_reasks:
+                    defer(items, request, example_ids, start + 1)
+                    return {}
+                pred = await self._label_request(iid, text, request, example_ids, start=min(start, cfg.max_reasks + 1))
+            else:
+                later = (lambda req, attempt: defer(items, req, example_ids, attempt)) if defer else None
+                pred = await self._label_request(iid, text, request, example_ids, first=answer, start=start, defer=later)
+            return {iid: pred} if pred is not None else {}
+        keys = request.keys
+        if isinstance(answer, Exception):
+            answer, results = None, {k: str(answer) for k in keys}
+        else:
+            results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
+                                         cfg.max_labels)
+        share = {k: v // len(items) for k, v in (answer.usage.items() if answer else [])}
+        if answer and all(isinstance(v, list) for v in results.values()):
+            self._remember(request, answer)
+        out: dict[str, Prediction] = {}
+        for key, (iid, text) in zip(keys, items):
+            labels = results[key]
+            if isinstance(labels, list):
+                pred = Prediction(id=iid, text=text, labels=labels, examples=example_ids, prompt=self.prompt.ref,
+                                  model=self.model.name, usage=share, cached=cached, attempts=answer.attempts,
+                                  confidence=self._batch_confidence(answer, key, labels[0]))
+                self._store(pred)
+                out[iid] = pred
+            elif self.fatal is not None:  # no more requests once the run must stop
+                out[iid] = self._failed(iid, text, self.fatal, example_ids)
+            elif defer is not None:
+                self.stats["reasks"] += 1
+                alone = [(iid, text)]
+                defer(alone, *self.plan_request(alone), 1)
+            else:
+                self.stats["reasks"] += 1
+                out[iid] = await self.alabel(text, id=iid)
+        return out
 
     def _failed(self, iid: str, text: str, err: Exception, example_ids: list[str]) -> Prediction:
         """A failed prediction for an item a batch request could not label."""

@@ -189,7 +189,7 @@ def _check_completion(resp: Any) -> None:
         body = resp
     else:
         try:
-            body = resp.to_json(indent=None)
+            body = resp.to_json(indent=None, warnings=False)  # the body is broken on purpose: no pydantic chatter
         except Exception:  # noqa: BLE001 - any repr of a broken object will do for the record
             body = repr(resp)
     raise _Malformed(problem, body)
@@ -262,8 +262,10 @@ class OpenAIModel(Model):
             return {"type": "json_object", "schema": request.schema}
         return None
 
-    async def _create(self, request: ModelRequest, mode: str):
-        kwargs: dict[str, Any] = {
+    def chat_body(self, request: ModelRequest, mode: str | None = None) -> dict[str, Any]:
+        """The chat-completions request body for `request`: what is sent online and written into batch files."""
+        mode = mode or self.mode
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(request, mode),
             "temperature": request.temperature,
@@ -271,10 +273,13 @@ class OpenAIModel(Model):
         }
         fmt = self._response_format(request, mode)
         if fmt:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
         if self.logprobs:
-            kwargs["logprobs"] = True
-        return await self.client.chat.completions.create(**kwargs)
+            body["logprobs"] = True
+        return body
+
+    async def _create(self, request: ModelRequest, mode: str):
+        return await self.client.chat.completions.create(**self.chat_body(request, mode))
 
     async def _send(self, request: ModelRequest, mode: str):
         """One logical request with transport retries: backoff with jitter, honoring Retry-After."""
@@ -363,6 +368,12 @@ class OpenAIModel(Model):
             answer = self._answer(resp, mode)
             answer.attempts = attempts
             return answer
+
+    def answer_from_body(self, body: dict[str, Any], mode: str | None = None) -> ModelAnswer:
+        """The answer in a chat.completion body (a batch output line's), read as an online response is."""
+        from openai.types.chat import ChatCompletion
+
+        return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
 
     def _answer(self, resp, mode: str) -> ModelAnswer:
         choice = resp.choices[0]
