@@ -15,8 +15,8 @@ from labelwise._prompts import PROMPTS_DIR
 pytestmark = pytest.mark.slow
 
 SHOTS = 4
-PREDICTION_KEYS = {"id", "text", "labels", "confidence", "status", "error", "examples", "prompt", "model", "attempts",
-                   "usage", "cached"}
+PREDICTION_KEYS = {"id", "text", "labels", "confidence", "label_probs", "status", "error", "examples", "prompt", "model",
+                   "attempts", "usage", "cached"}
 
 
 @pytest.fixture(scope="module")
