@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text"],
+    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text", "EncodingGuessWarning"],
     "._taxonomy": ["Taxonomy", "load_taxonomy"],
     "._prompts": ["PromptSpec", "load_prompt"],
     "._examples": ["SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector"],
@@ -22,11 +22,14 @@ _EXPORTS = {
     "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
+    "._batch": ["BatchConfig", "batch_status", "cancel_batches"],
     "._evals": ["run_eval", "EvalSpec"],
     "._triage": ["triage", "Triage", "TriageRow", "Calibrator"],
+    "._review": ["export_tasks", "push_tasks", "pull_corrections", "import_corrections", "apply_corrections", "label_config"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",
+        "ReviewError", "LabelStudioError",
     ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -165,7 +165,8 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     """Run every variant (or `only` some) on the held-out split and write the leaderboard; returns the results."""
     from ._labeler import Labeler
     from ._metrics import score, scored_labels
-    from ._runner import Progress, cost_of, load_prices
+    from ._prices import cost_of, load_prices
+    from ._progress import Progress
     from ._triage import calibration_of
 
     spec, root = load_spec(spec_path)

@@ -19,6 +19,7 @@ from typing import Any
 from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
+from ._redact import install_log_redaction, redact, register_secret
 
 __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
            "STRUCTURED_MODES"]
@@ -26,6 +27,7 @@ __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel"
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
+RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ModelAnswer:
     usage: dict[str, int] = field(default_factory=dict)
     mode: str = ""
     label_probs: dict[str, float] | None = None
+    attempts: int = 1  # requests sent for this answer (transport retries included); not cached
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode,
@@ -145,7 +148,54 @@ def _fatal_message(err: BaseException, base_url: str) -> str:
         429: "quota exhausted: check your plan and billing",
     }.get(status, "request failed")
     detail = getattr(err, "message", None) or str(err)
-    return f"{hint} (HTTP {status} from {base_url}): {detail}"
+    return redact(f"{hint} (HTTP {status} from {base_url}): {detail}")
+
+
+def _item_specific(err: BaseException) -> bool:
+    """A 400 about this request's content (too long, filtered): that item fails, the run goes on."""
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else getattr(err, "code", None)
+    text = f"{getattr(err, 'message', '')}".lower()
+    return code in ("context_length_exceeded", "content_filter", "content_policy_violation") or "context length" in text
+
+
+class _Malformed(Exception):
+    """Internal: a 200 that is not a usable chat completion; retried like a transport fault."""
+
+    def __init__(self, what: str, body: str) -> None:
+        self.what, self.body = what, body
+        super().__init__(what)
+
+
+def _check_completion(resp: Any) -> None:
+    """Raise `_Malformed` unless `resp` is a chat completion with a first choice holding a text message."""
+    choices = getattr(resp, "choices", None)
+    problem = None
+    if isinstance(resp, str):
+        problem = "a non-JSON body"
+    elif not isinstance(choices, list):
+        problem = "JSON that is not a chat completion (no `choices` list)"
+    elif not choices:
+        problem = "a completion with no choices"
+    else:
+        message = getattr(choices[0], "message", None)
+        logprobs = getattr(getattr(choices[0], "logprobs", None), "content", None)
+        if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+            problem = "a completion whose first choice has no text message"
+        elif logprobs is not None and not (isinstance(logprobs, list) and all(
+                isinstance(getattr(t, "token", None), str) and isinstance(getattr(t, "logprob", None), (int, float))
+                for t in logprobs)):
+            problem = "a completion whose log-probabilities are not a list of tokens"
+    if problem is None:
+        return
+    if isinstance(resp, str):
+        body = resp
+    else:
+        try:
+            body = resp.to_json(indent=None, warnings=False)  # the body is broken on purpose: no pydantic chatter
+        except Exception:  # noqa: BLE001 - any repr of a broken object will do for the record
+            body = repr(resp)
+    raise _Malformed(problem, body)
 
 
 class _FormatRejected(Exception):
@@ -179,6 +229,8 @@ class OpenAIModel(Model):
             if "api.openai.com" in self.base_url:
                 raise ModelConfigError("OPENAI_API_KEY is not set (needed for api.openai.com)")
             key = "no-key"  # local servers accept any key; the SDK insists on one
+        register_secret(key)
+        install_log_redaction()
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
@@ -213,8 +265,10 @@ class OpenAIModel(Model):
             return {"type": "json_object", "schema": request.schema}
         return None
 
-    async def _create(self, request: ModelRequest, mode: str):
-        kwargs: dict[str, Any] = {
+    def chat_body(self, request: ModelRequest, mode: str | None = None) -> dict[str, Any]:
+        """The chat-completions request body for `request`: what is sent online and written into batch files."""
+        mode = mode or self.mode
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(request, mode),
             "temperature": request.temperature,
@@ -222,10 +276,13 @@ class OpenAIModel(Model):
         }
         fmt = self._response_format(request, mode)
         if fmt:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
         if self.logprobs:
-            kwargs["logprobs"] = True
-        return await self.client.chat.completions.create(**kwargs)
+            body["logprobs"] = True
+        return body
+
+    async def _create(self, request: ModelRequest, mode: str):
+        return await self.client.chat.completions.create(**self.chat_body(request, mode))
 
     async def _send(self, request: ModelRequest, mode: str):
         """One logical request with transport retries: backoff with jitter, honoring Retry-After."""
@@ -254,7 +311,8 @@ class OpenAIModel(Model):
         est_tokens = len(request.prompt) // 2 + request.max_tokens
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: _is_retryable(e) and not self._format_rejected(e, mode)),
+                retry=retry_if_exception(lambda e: isinstance(e, _Malformed)
+                                         or _is_retryable(e) and not self._format_rejected(e, mode)),
                 stop=stop,
                 wait=wait, before_sleep=before_sleep, reraise=True,
             ):
@@ -263,9 +321,13 @@ class OpenAIModel(Model):
                     self.stats["requests"] += 1
                     ok = False
                     try:
-                        resp = await self._create(request, mode)
+                        try:
+                            resp = await self._create(request, mode)
+                        except json.JSONDecodeError as err:  # a 200 whose JSON content-type body isn't JSON
+                            raise _Malformed("a body that is not valid JSON", err.doc) from None
                         ok = True
-                        return resp
+                        _check_completion(resp)
+                        return resp, attempt.retry_state.attempt_number
                     finally:
                         self.limiter.release(ok)
         except openai.APIStatusError as err:
@@ -275,7 +337,15 @@ class OpenAIModel(Model):
             if _is_retryable(err):
                 raise TransportError(f"gave up after {attempts} attempts: HTTP {err.status_code} from {self.base_url}",
                                      status=err.status_code, attempts=attempts) from err
+            if _item_specific(err):
+                raise TransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
             raise FatalTransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
+        except _Malformed as err:
+            attempts = attempt.retry_state.attempt_number
+            body = redact(err.body) or ""
+            cut = f" [cut: {len(body) - RAW_BODY_CAP} more characters]" if len(body) > RAW_BODY_CAP else ""
+            raise TransportError(f"gave up after {attempts} attempts: HTTP 200 from {self.base_url} with {err.what}",
+                                 status=200, attempts=attempts, raw=body[:RAW_BODY_CAP] + cut) from None
         except openai.APIConnectionError as err:
             attempts = attempt.retry_state.attempt_number
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
@@ -293,12 +363,20 @@ class OpenAIModel(Model):
         while True:
             mode = self.modes[0]
             try:
-                resp = await self._send(request, mode)
+                resp, attempts = await self._send(request, mode)
             except _FormatRejected:
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            return self._answer(resp, mode)
+            answer = self._answer(resp, mode)
+            answer.attempts = attempts
+            return answer
+
+    def answer_from_body(self, body: dict[str, Any], mode: str | None = None) -> ModelAnswer:
+        """The answer in a chat.completion body (a batch output line's), read as an online response is."""
+        from openai.types.chat import ChatCompletion
+
+        return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
 
     def _answer(self, resp, mode: str) -> ModelAnswer:
         choice = resp.choices[0]

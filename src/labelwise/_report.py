@@ -12,7 +12,7 @@ from typing import Any
 
 from ._corpus import item_id, load_corpus
 from ._exceptions import CorpusError
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv
 
 __all__ = ["Joined", "load_labels", "join", "agree", "write_run_outputs", "agreement_table", "HEADLINE"]
 
@@ -41,7 +41,11 @@ class Joined:
 def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     """Labels per item id from a predictions.jsonl (ordered, with status) or any corpus file the core reads."""
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if path.is_dir():
+        raise CorpusError("is a directory, not a labels file", path=path)
+    if path.suffix == ".csv" and _csv_columns(path) >= _OWN_LABELS_CSV:
+        return _read_own_labels_csv(path)
+    if path.suffix == ".jsonl" and path.exists():
         rows = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
@@ -58,8 +62,42 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
                 out.setdefault(iid, {"text": r["text"], "labels": list(r["labels"]), "status": r.get("status", "ok"),
                                      "confidence": r.get("confidence")})
             return out
-    corpus = load_corpus(path)
+    corpus = load_corpus(path, require_labels=True)  # a file without labels must not be scored as all-empty
     return {it.id: {"text": it.text, "labels": list(it.labels), "status": "ok", "confidence": None} for it in corpus}
+
+
+_OWN_LABELS_CSV = {"id", "text", "new_labels", "status"}  # the columns that make a CSV labelwise's labels.csv
+
+
+def _csv_columns(path: Path) -> set[str]:
+    """The header fields of a CSV file (empty when it can't be read as one)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return set(next(csv.reader(f), []))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
+def _read_own_labels_csv(path: Path) -> dict[str, dict[str, Any]]:
+    """A run's labels.csv: the model's labels are its `new_labels` column (`|`-joined); failed rows stay failed."""
+    import pandas as pd
+
+    from ._corpus import LABEL_SEP
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig").map(spreadsheet_value)
+    out: dict[str, dict[str, Any]] = {}
+    for n, r in enumerate(df.to_dict("records"), 2):
+        text = r["text"]
+        iid = r["id"] or item_id(text)
+        labels = [x for x in r["new_labels"].split(LABEL_SEP) if x]
+        if r["status"] == "ok" and not labels:
+            raise CorpusError("an ok row without new_labels", path=path, line=n, column="new_labels")
+        conf = r.get("confidence")
+        out.setdefault(iid, {"text": text, "labels": labels, "status": r["status"] or "ok",
+                             "confidence": float(conf) if conf else None})
+    return out
 
 
 def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Joined:
@@ -128,10 +166,6 @@ def agreement_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _csv(df) -> bytes:
-    return df.to_csv(index=False).encode("utf-8-sig")  # BOM so spreadsheet apps read the Chinese text right
-
-
 LABEL_ISSUE_COLUMNS = ("id", "text", "existing_labels", "suggested_labels", "issue_score", "existing_label_probs", "source")
 
 
@@ -157,7 +191,7 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) ->
     from ._metrics import confusion, score, scored_labels
 
     if triage is not None:  # first, so its table is gone before the others are built (a run may have 100k rows)
-        atomic_write_bytes(run_dir / "label_issues.csv", _csv(label_issues_table(triage)))
+        write_spreadsheet_csv(run_dir / "label_issues.csv", label_issues_table(triage))
     table = pd.DataFrame([{
         "id": r["id"], "text": r["text"],
         "existing_labels": "|".join(r["gold"]) if r.get("gold") is not None else "",
@@ -166,9 +200,11 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) ->
         "exact": set(r["labels"]) == set(r["gold"]) if r.get("gold") is not None and r["status"] == "ok" else None,
         "error": r.get("error") or "",
     } for r in rows], columns=["id", "text", "existing_labels", "new_labels", "confidence", "status", "agrees", "exact", "error"])
-    atomic_write_bytes(run_dir / "labels.csv", _csv(table))
-    dis = table[table["agrees"] == False].sort_values("confidence", ascending=False, na_position="last")  # noqa: E712
-    atomic_write_bytes(run_dir / "disagreements.csv", _csv(dis))
+    write_spreadsheet_csv(run_dir / "labels.csv", table)
+    # surest first; a stable sort keeps ties (equal or no confidence) in input order, so the file is reproducible
+    dis = table[table["agrees"] == False].sort_values(  # noqa: E712
+        "confidence", ascending=False, na_position="last", kind="stable")
+    write_spreadsheet_csv(run_dir / "disagreements.csv", dis)
 
     scored = [r for r in rows if r["status"] == "ok" and r.get("gold")]
     counts = {"predictions": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
