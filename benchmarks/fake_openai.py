@@ -490,10 +490,11 @@ class _Connection(asyncio.Protocol):
         self.pending = None
         assert self.transport is not None
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        # counted before it is written: a client that has its answer finds it in the stats already
+        self.server._finish(reply, sent=True)
         self.transport.write(f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n"
                              f"content-type: {reply.content_type}\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
                              .encode() + reply.body)
-        self.server._finish(reply, sent=True)
         if reply.close:
             self.transport.close()
         elif self.buf:
