@@ -4,6 +4,7 @@ the bundled Gemma 3 270M GGUF (started once per session by the `llama_server` fi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,6 +72,18 @@ def test_openai_provider_returns_a_valid_prediction(served, held_out, policy_lab
     assert not pred.cached
     assert labeler.model.mode == "json_object"
     assert labeler.model.stats["requests"] >= 1
+
+
+def test_label_probs_come_from_the_servers_top_logprobs(served):
+    """llama_cpp.server returns token log-probs only when `top_logprobs` is asked for; labelwise asks for 20 and maps
+    the alternatives at the answer's first label onto the taxonomy (README: label probabilities)."""
+    pred, labeler = served.pred, served.labeler
+    assert labeler.model.logprobs  # the server answered with logprobs (labelwise stops asking a server that does not)
+    probs = pred.label_probs
+    assert probs is not None and list(probs) == list(labeler.taxonomy.labels)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
+    assert pred.confidence == probs[pred.labels[0]] > 0.0
 
 
 def test_usage_tokens_are_recorded(served):

@@ -18,11 +18,13 @@ from typing import Any
 from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
+from ._schema import TokenAlternatives, label_probs_from_logprobs
 
 __all__ = ["ModelRequest", "ModelAnswer", "Model", "OpenAIModel", "LocalModel", "get_model", "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
+TOP_LOGPROBS = 20  # alternatives asked for at each token of a structured answer (OpenAI's maximum): label_probs
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
 
 
@@ -140,6 +142,16 @@ def _fatal_message(err: BaseException, base_url: str) -> str:
     return f"{hint} (HTTP {status} from {base_url}): {detail}"
 
 
+def _alternatives(token: Any) -> TokenAlternatives:
+    """An answer token of the SDK's logprobs as bytes (exact even where a token splits a character) with its
+    log-prob and its `top_logprobs` alternatives."""
+
+    def raw(t: Any) -> bytes:
+        return bytes(t.bytes) if getattr(t, "bytes", None) else t.token.encode("utf-8")
+
+    return raw(token), float(token.logprob), [(raw(a), float(a.logprob)) for a in (token.top_logprobs or [])]
+
+
 class _FormatRejected(Exception):
     """Internal: the server does not take this response_format; the next mode is tried."""
 
@@ -181,7 +193,8 @@ class OpenAIModel(Model):
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
+        return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
+                "top_logprobs": TOP_LOGPROBS}
 
     @property
     def mode(self) -> str:
@@ -214,6 +227,8 @@ class OpenAIModel(Model):
             kwargs["response_format"] = fmt
         if self.logprobs:
             kwargs["logprobs"] = True
+            if mode != "prompt":  # a free-form answer can run to max_tokens; llama_cpp.server sorts its whole
+                kwargs["top_logprobs"] = TOP_LOGPROBS  # vocabulary for every token's alternatives (~0.4 s each)
         return await self.client.chat.completions.create(**kwargs)
 
     async def _send(self, request: ModelRequest, mode: str):
@@ -287,21 +302,23 @@ class OpenAIModel(Model):
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            return self._answer(resp, mode)
+            return self._answer(resp, mode, request)
 
-    def _answer(self, resp, mode: str) -> ModelAnswer:
+    def _answer(self, resp, mode: str, request: ModelRequest | None = None) -> ModelAnswer:
         choice = resp.choices[0]
         text = choice.message.content or ""
-        tokens = None
+        tokens = label_probs = None
         content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
         if content:
             tokens = [(t.token, float(t.logprob)) for t in content]
+            if request is not None and not request.batch:
+                label_probs = label_probs_from_logprobs([_alternatives(t) for t in content], request.labels)
         elif self.logprobs and choice.message.content:
             self.logprobs = False  # this server returns none (and may be much slower when asked): stop asking
         usage = {}
         if resp.usage:
             usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
-        return ModelAnswer(text, "json", tokens, usage, mode)
+        return ModelAnswer(text, "json", tokens, usage, mode, label_probs)
 
     async def aclose(self) -> None:
         await self.client.close()
