@@ -16,15 +16,14 @@ from labelwise._scoring import CHUNK, chunk_cuts
 # ------------------------------------------------------------------ no model
 
 
-def test_chunk_cuts_fall_after_the_first_and_last_blank_line_and_at_most_chunk_apart():
+def test_chunk_cuts_fall_after_the_first_blank_line_and_at_most_chunk_apart():
     pieces = [b"a"] * 10 + [b"\n\n"] + [b"b"] * (2 * CHUNK + 5) + [b"\n\n"] + [b"c"] * 7
-    n = len(pieces)
-    first, last = 11, 11 + 2 * CHUNK + 5 + 1
-    assert chunk_cuts(pieces) == [first, first + CHUNK, first + 2 * CHUNK, last, n]
+    first = 11
+    assert chunk_cuts(pieces) == [first, first + CHUNK, first + 2 * CHUNK, len(pieces)]
     assert chunk_cuts([b"x"] * (CHUNK + 1)) == [CHUNK, CHUNK + 1]
     assert chunk_cuts([b"x", b"\n\n"]) == [2]  # a blank line at the very end is not a cut of its own
-    # a prefix shares its cuts with any longer prompt up to its last blank line
-    assert chunk_cuts(pieces[:first + 3])[:1] == chunk_cuts(pieces)[:1]
+    # a prompt shares its cuts with any other that has the same instructions (up to the first blank line)
+    assert chunk_cuts(pieces[:first + 3])[0] == chunk_cuts(pieces)[0] == first
 
 
 def test_labels_from_probs_takes_the_top_label_then_those_over_the_threshold():
