@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible chat-completions server (asyncio + stdlib) for fault-injection tests and benchmarks.
 
-Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, and `GET /_stats` (stats + server-thread CPU seconds).
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, and `GET /_stats` (stats + server-thread CPU seconds);
+the Files and Batch API (`/v1/files`, `/v1/batches`, `GET /_batch_stats`; see `BatchScenario`).
 Answers are valid labels in the requested format:
 
 * `response_format` `{"type": "json_schema", "json_schema": {"schema": S}}` or `{"type": "json_object", "schema": S}`:
@@ -15,10 +16,14 @@ Answers are valid labels in the requested format:
   a deterministic right answer by putting the label into the text.
 
 `Scenario.script` entries (consumed one per chat request, before limits and rates; `server.script` is a deque a
-test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", or an HTTP status
-"429" / "429:RETRY_AFTER_S" / "500" / "503" ... Limits: `max_in_flight` concurrent answers, and `rpm` as a token
-bucket (`rpm_burst` tokens, refilled at rpm/60 per second); beyond either, 429 with `Retry-After` (seconds, may be
-fractional) and `retry-after-ms`. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
+test may extend while the server runs): "ok", "garbage", "off_taxonomy", "hang" / "hang:SECONDS", "hold" (a valid
+answer held, in flight, until `server.release()`: a test sees `server.held` requests in flight without timing),
+"drop" (the connection is closed with no answer), an HTTP status "429" / "429:RETRY_AFTER_S" / "500" / "503" ...,
+or one of the misbehaving answers in `MISBEHAVIOURS` (a 200 that is not a usable completion, a 401 echoing the key,
+an exhausted quota, a huge answer). Limits: `max_in_flight` concurrent answers, and `rpm` as a token bucket
+(`rpm_burst` tokens, refilled at rpm/60 per second of `server.clock`, which a test may replace); beyond either, 429
+with `Retry-After` (seconds, may be fractional) and `retry-after-ms`, or with `retry_after_date` an HTTP-date
+`Retry-After` alone. Latency and hangs are timers (`loop.call_later`), so a waiting request costs no task.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import email.utils
 import functools
 import http
 import json
@@ -44,10 +50,258 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 OFF_LABEL = "__off_taxonomy__"
 _GARBAGE = ['Sure! Here are the labels: {"labels": ["', "I'm sorry, I cannot help with that.", "",
             '```json\n{labels: [first, second,]}\n```', '{"labels": ["a"], "items": [}']
-_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?)$")
+_SCRIPT_RE = re.compile(r"^(ok|garbage|off_taxonomy|hold|drop|hang(:\d+(\.\d*)?)?|[1-5]\d\d(:\d+(\.\d*)?)?"
+                        r"|empty_choices|html_200|not_completion|broken_logprobs|echo_key_401|quota_429|context_length_400|huge_answer(:\d+)?)$")
+# Script entries for answers no healthy server gives: the client must survive each of them.
+MISBEHAVIOURS = {
+    "empty_choices": "200, a chat.completion whose `choices` is []",
+    "html_200": "200 with an HTML body (text/html), as a misconfigured proxy sends",
+    "not_completion": "200 with JSON that is not a chat.completion",
+    "broken_logprobs": "200, a chat.completion whose `logprobs.content` is not a list of tokens",
+    "echo_key_401": "401 whose error message echoes the request's Authorization header (the key)",
+    "quota_429": "429 with code `insufficient_quota` (retrying can't help)",
+    "context_length_400": "400 with code `context_length_exceeded` (this request only: the run goes on)",
+    "huge_answer": "200 whose answer is CHARS (default 200000) characters of prose: `huge_answer:CHARS`",
+}
 _ID_RE = re.compile(r"^\s*\[([^\]\n]+)\]([^\n]*)", re.M)
 _TEXT_RE = re.compile(r"^\s*(句子|文本|text|sentence|input)\s*[:：]", re.M | re.I)
 _LABELS_RE = re.compile(r"labels?\s*[:：]|类别", re.I)
+
+
+# ---- Files and Batch API (`/v1/files`, `/v1/batches`) ------------------------------------------------------------
+class BatchScenario(BaseModel):
+    """How the fake Batch API behaves. A batch is validating for the first 10% of `seconds`, in_progress until 90%
+    (its request counts growing), finalizing, then completed. Faults are named and counted from the first batch:
+
+    * `line_script`: one entry per request line, consumed in order across batches: "ok", "garbage", "off_taxonomy",
+      "error" (a line-level `error` object, no response) or an HTTP status ("500", "400", ...; the error file).
+    * `expire`: the first N batches expire: the first half of their lines are answered, the rest are in the error
+      file as `batch_expired`.
+    * `fail_validation`: the first N batches fail validation (status `failed`, `errors` naming line 1).
+    * `create_delay_s`: the answer to `POST /batches` comes this late (the batch exists already: a client killed
+      while waiting must find it, not create another).
+    Input lines are validated as OpenAI does (JSON, unique `custom_id`, `method` POST, `url` equal to the endpoint);
+    a bad file makes the batch `failed` with the line numbers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = Field(default=0.0, ge=0)
+    line_script: list[str] = Field(default_factory=list)
+    expire: int = Field(default=0, ge=0)
+    fail_validation: int = Field(default=0, ge=0)
+    create_delay_s: float = Field(default=0.0, ge=0)
+
+    @field_validator("line_script")
+    @classmethod
+    def _check_lines(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not re.fullmatch(r"ok|garbage|off_taxonomy|error|[1-5]\d\d", s)]
+        if bad:
+            raise ValueError(f"unknown line_script entries {bad}")
+        return v
+
+
+_BATCH_ROUTE = re.compile(r"^/(files|batches)(?:/([^/]+))?(?:/(content|cancel))?$")
+
+
+class _BatchAPI:
+    """The Files and Batch endpoints of FakeOpenAIServer; `batch_stats` counts uploads, batches created, cancels."""
+
+    scenario: Scenario
+    _rng: random.Random
+
+    @property
+    def batch_stats(self) -> dict[str, int]:
+        """Counters: files uploaded, batches created and cancelled, request lines answered."""
+        self._batch_init()
+        return self._bstats
+
+    def _batch_init(self) -> None:
+        if not hasattr(self, "_bstats"):
+            self._bstats = {"files_uploaded": 0, "batches_created": 0, "batches_cancelled": 0, "lines": 0}
+            self._files: dict[str, dict[str, Any]] = {}
+            self._batches: dict[str, dict[str, Any]] = {}
+            self._line_script: collections.deque[str] = collections.deque(self.scenario.batch.line_script)
+
+    def _batch_route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
+        """Route `/files...`, `/batches...` and `GET /_batch_stats`."""
+        self._batch_init()
+        if path == "/_batch_stats":
+            return _Reply(200, json.dumps(self.batch_stats).encode())
+        m = _BATCH_ROUTE.match(path)
+        if not m:
+            return _error(404, f"no route {method} {path}", "invalid_request_error")
+        kind, oid, verb = m.groups()
+        if kind == "files":
+            if method == "POST" and not oid:
+                return self._upload(headers, body)
+            f = self._files.get(oid or "")
+            if method == "GET" and not oid:
+                return _Reply(200, json.dumps({"object": "list", "data": [f["meta"] for f in self._files.values()]}).encode())
+            if f is None:
+                return _error(404, f"No such File object: {oid}", "invalid_request_error")
+            if method == "GET" and verb == "content":
+                return _Reply(200, f["content"])
+            if method == "GET" and not verb:
+                return _Reply(200, json.dumps(f["meta"]).encode())
+        else:
+            if method == "POST" and not oid:
+                return self._create_batch(body)
+            if method == "GET" and not oid:
+                data = [self._batch_view(b) for b in sorted(self._batches.values(), key=lambda b: -b["seq"])]
+                return _Reply(200, json.dumps({"object": "list", "data": data, "has_more": False,
+                                               "first_id": data[0]["id"] if data else None,
+                                               "last_id": data[-1]["id"] if data else None}).encode())
+            b = self._batches.get(oid or "")
+            if b is None:
+                return _error(404, f"No batch found with id '{oid}'", "invalid_request_error")
+            if method == "GET" and not verb:
+                return _Reply(200, json.dumps(self._batch_view(b)).encode())
+            if method == "POST" and verb == "cancel":
+                return self._cancel(b)
+        return _error(404, f"no route {method} {path}", "invalid_request_error")
+
+    def _new_file(self, content: bytes, filename: str, purpose: str) -> str:
+        fid = f"file-fake{len(self._files) + 1}"
+        meta = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": filename,
+                "purpose": purpose, "status": "processed"}
+        self._files[fid] = {"meta": meta, "content": content}
+        return fid
+
+    def _upload(self, headers: dict[str, str], body: bytes) -> _Reply:
+        """`POST /files`, multipart/form-data with `file` and `purpose`."""
+        import email.parser
+        import email.policy
+
+        ctype = headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return _error(400, "expected multipart/form-data", "invalid_request_error")
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"content-type: {ctype}\r\n\r\n".encode() + body)
+        parts = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
+        if "file" not in parts or "purpose" not in parts:
+            return _error(400, "multipart body needs `file` and `purpose`", "invalid_request_error")
+        content = parts["file"].get_payload(decode=True) or b""
+        purpose = (parts["purpose"].get_payload(decode=True) or b"").decode()
+        filename = parts["file"].get_filename() or "upload.jsonl"
+        self.batch_stats["files_uploaded"] += 1
+        return _Reply(200, json.dumps(self._files[self._new_file(content, filename, purpose)]["meta"]).encode())
+
+    def _create_batch(self, body: bytes) -> _Reply:
+        """`POST /batches`: validate the input file now, answer every line now; the clock decides what is shown."""
+        sc = self.scenario.batch
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return _error(400, "body must be JSON", "invalid_request_error")
+        f = self._files.get(req.get("input_file_id", ""))
+        if f is None:
+            return _error(404, f"No such File object: {req.get('input_file_id')}", "invalid_request_error")
+        if req.get("completion_window") != "24h":
+            return _error(400, "completion_window must be 24h", "invalid_request_error")
+        n = self.batch_stats["batches_created"] = self.batch_stats["batches_created"] + 1
+        bid = f"batch_fake{n}"
+        lines = f["content"].decode("utf-8", "replace").splitlines()
+        errors, outputs, failures = [], [], []
+        seen: set[str] = set()
+        for no, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                errors.append({"code": "invalid_json_line", "message": "This line is not parseable as valid JSON.", "line": no})
+                continue
+            cid = row.get("custom_id") if isinstance(row, dict) else None
+            if not isinstance(cid, str) or cid in seen:
+                errors.append({"code": "duplicate_custom_id" if cid in seen else "missing_required_parameter",
+                               "message": "custom_id must be a unique string", "line": no})
+            elif row.get("method") != "POST" or row.get("url") != req.get("endpoint"):
+                errors.append({"code": "invalid_url", "message": "method must be POST and url the batch endpoint", "line": no})
+            else:
+                seen.add(cid)
+        if n <= sc.fail_validation and not errors:
+            errors.append({"code": "invalid_request", "message": "injected validation failure (fake server)", "line": 1})
+        if not errors:
+            for no, line in enumerate(lines, 1):
+                row = json.loads(line)
+                self.batch_stats["lines"] += 1
+                kind = self._line_script.popleft() if self._line_script else "ok"
+                rid = f"batch_req_{bid}_{no}"
+                if kind == "error":
+                    failures.append({"id": rid, "custom_id": row["custom_id"], "response": None,
+                                     "error": {"code": "server_error", "message": "injected line error (fake server)"}})
+                elif kind.isdigit():
+                    failures.append({"id": rid, "custom_id": row["custom_id"], "error": None, "response": {
+                        "status_code": int(kind), "request_id": rid, "body": {"error": {
+                            "message": f"injected error {kind} (fake server)", "type": "server_error", "code": None}}}})
+                else:
+                    b = row.get("body") or {}
+                    done = self._completion(b, b.get("messages") or [], kind)
+                    outputs.append({"id": rid, "custom_id": row["custom_id"], "error": None,
+                                    "response": {"status_code": 200, "request_id": rid, "body": done}})
+        now = time.time()
+        self._batches[bid] = {
+            "seq": n, "id": bid, "object": "batch", "endpoint": req.get("endpoint"), "input_file_id": f["meta"]["id"],
+            "completion_window": "24h", "created_at": int(now), "t0": time.monotonic(), "metadata": req.get("metadata"),
+            "total": len(lines), "outputs": outputs, "failures": failures, "errors": errors,
+            "expire": n <= sc.expire, "final": None, "output_file_id": None, "error_file_id": None,
+        }
+        reply = _Reply(200, json.dumps(self._batch_view(self._batches[bid])).encode())
+        reply.delay = sc.create_delay_s
+        return reply
+
+    def _batch_view(self, b: dict[str, Any]) -> dict[str, Any]:
+        """The Batch object as of now (status from the clock, or the final one)."""
+        seconds = self.scenario.batch.seconds
+        frac = 1.0 if seconds <= 0 else (time.monotonic() - b["t0"]) / seconds
+        if b["final"] is None:
+            if b["errors"]:
+                self._finalize(b, "failed", 0)
+            elif frac >= 1.0:
+                self._finalize(b, "expired" if b["expire"] else "completed", b["total"] // 2 if b["expire"] else b["total"])
+        status = b["final"] or ("validating" if frac < 0.1 else "in_progress" if frac < 0.9 else "finalizing")
+        n_out, n_fail = len(b["outputs"]), len(b["failures"])
+        if b["final"] is not None:
+            done, failed = b["counts"]
+        elif status == "validating":
+            done = failed = 0
+        else:
+            share = min(1.0, (frac - 0.1) / 0.8)
+            done, failed = int(n_out * share), int(n_fail * share)
+        view = {k: b[k] for k in ("id", "object", "endpoint", "input_file_id", "completion_window", "created_at",
+                                  "metadata", "output_file_id", "error_file_id")}
+        view.update(status=status, request_counts={"total": b["total"] if not b["errors"] else 0, "completed": done,
+                                                   "failed": failed},
+                    errors={"object": "list", "data": b["errors"]} if b["errors"] else None,
+                    expires_at=b["created_at"] + 86400, **{f"{status}_at": int(time.time())} if b["final"] else {})
+        return view
+
+    def _finalize(self, b: dict[str, Any], status: str, answered: int) -> None:
+        """Write the output and error files of a batch that ends now with `answered` lines processed."""
+        rows = sorted([(r["id"], r, True) for r in b["outputs"]] + [(r["id"], r, False) for r in b["failures"]],
+                      key=lambda x: int(x[0].rsplit("_", 1)[1]))
+        done, rest = rows[:answered], rows[answered:]
+        out = [r for _, r, ok in done if ok]
+        err = [r for _, r, ok in done if not ok]
+        code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status)
+        if code:
+            err += [{"id": r["id"], "custom_id": r["custom_id"], "response": None,
+                     "error": {"code": code, "message": f"This request was not executed: the batch is {status}."}}
+                    for _, r, _ in rest]
+        dump = lambda rs: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs).encode()  # noqa: E731
+        if out:
+            b["output_file_id"] = self._new_file(dump(out), f"{b['id']}_output.jsonl", "batch_output")
+        if err:
+            b["error_file_id"] = self._new_file(dump(err), f"{b['id']}_error.jsonl", "batch_output")
+        b["final"], b["counts"] = status, (len(out), sum(1 for _, _, ok in done if not ok))
+
+    def _cancel(self, b: dict[str, Any]) -> _Reply:
+        """`POST /batches/ID/cancel`: a running batch stops now, keeping the lines answered so far."""
+        if b["final"] is None:
+            view = self._batch_view(b)
+            if b["final"] is None:
+                self.batch_stats["batches_cancelled"] += 1
+                self._finalize(b, "cancelled", view["request_counts"]["completed"] + view["request_counts"]["failed"])
+        return _Reply(200, json.dumps(self._batch_view(b)).encode())
 
 
 class Scenario(BaseModel):
@@ -61,6 +315,7 @@ class Scenario(BaseModel):
     rpm: float | None = Field(default=None, gt=0)
     rpm_burst: float | None = Field(default=None, ge=1)  # token-bucket size; default one second's worth (at least 1)
     retry_after_s: float = Field(default=1.0, ge=0)  # Retry-After of max_in_flight and plain scripted "429" answers
+    retry_after_date: bool = False  # 429s say Retry-After as an HTTP date (whole seconds, rounded up), no retry-after-ms
     error_rate: float = Field(default=0.0, ge=0, le=1)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     off_taxonomy_rate: float = Field(default=0.0, ge=0, le=1)
@@ -73,6 +328,7 @@ class Scenario(BaseModel):
     reject_response_format: bool = False  # 400 on any response_format
     no_logprobs: bool = False  # ignores logprobs / top_logprobs and returns none (as many servers do)
     model: str = "fake-model"
+    batch: BatchScenario = Field(default_factory=BatchScenario)
 
     @field_validator("script")
     @classmethod
@@ -163,7 +419,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.head: tuple[str, str, dict[str, str], int, bool] | None = None  # method, path, headers, length, close
         self.transport: asyncio.Transport | None = None
-        self.pending: tuple[asyncio.TimerHandle, _Reply] | None = None  # a delayed answer (latency, hang)
+        self.pending: tuple[asyncio.TimerHandle | None, _Reply] | None = None  # a delayed (None: held) answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -173,7 +429,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)
         if self.pending:  # the client gave up (timeout) or the server closes: the answer is never sent
-            self.pending[0].cancel()
+            if self.pending[0] is not None:
+                self.pending[0].cancel()
+            else:
+                self.server._held.remove(self)
             self.server._finish(self.pending[1], sent=False)
             self.pending = None
 
@@ -214,7 +473,14 @@ class _Connection(asyncio.Protocol):
             except Exception as e:  # noqa: BLE001 - a bug here must not look like a hanging server
                 reply = _error(500, f"fake server failure: {e!r}", "server_error")
             reply.close = close
-            if reply.delay > 0:
+            if reply.drop:
+                self.server._finish(reply, sent=False)
+                self.transport.abort()
+                return
+            if reply.held:
+                self.pending = (None, reply)
+                self.server._held.append(self)
+            elif reply.delay > 0:
                 loop = asyncio.get_running_loop()
                 self.pending = (loop.call_later(reply.delay, self._send, reply), reply)
             else:
@@ -226,7 +492,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
         self.transport.write(f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n"
-                             f"content-type: application/json\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
+                             f"content-type: {reply.content_type}\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
                              .encode() + reply.body)
         self.server._finish(reply, sent=True)
         if reply.close:
@@ -247,9 +513,12 @@ class _Reply:
     admitted: bool = False
     arrival: float = 0.0
     close: bool = False
+    content_type: str = "application/json"
+    held: bool = False  # sent only on `server.release()`
+    drop: bool = False  # never sent: the connection is closed instead
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(_BatchAPI):
     """The fake server on 127.0.0.1 (free port by default), run in a background thread with its own loop."""
 
     def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0, record: bool = False) -> None:
@@ -259,9 +528,12 @@ class FakeOpenAIServer:
         self.stats = Stats()
         self.script: collections.deque[str] = collections.deque(self.scenario.script)
         self._rng = random.Random(self.scenario.seed)
+        self.clock = time.monotonic  # the rpm bucket's clock; a test may set a manual one before the first request
         self._tokens = self._bucket_size()
-        self._refilled = time.monotonic()
+        self._refilled: float | None = None
+        self._held: list[_Connection] = []
         self._ids = 0
+        self._authorization = ""
         self._conns: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -323,6 +595,23 @@ class FakeOpenAIServer:
             self._thread.join(10)
         self._thread = None
 
+    @property
+    def held(self) -> int:
+        """How many "hold" answers wait for `release()` (each is a request in flight)."""
+        return len(self._held)
+
+    def release(self) -> None:
+        """Send every held answer now (callable from any thread)."""
+        def send() -> None:
+            held, self._held = self._held, []
+            for conn in held:
+                reply = conn.pending[1] if conn.pending else None
+                if reply is not None and reply.held:
+                    conn._send(reply)
+
+        assert self._loop is not None, "the server is not running"
+        self._loop.call_soon_threadsafe(send)
+
     def cpu_s(self) -> float:
         """CPU seconds the server's thread has used so far."""
         if self._loop is None or self._thread is None:
@@ -349,6 +638,7 @@ class FakeOpenAIServer:
         key = self.scenario.require_api_key
         if key and headers.get("authorization") != f"Bearer {key}":
             return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+        self._authorization = headers.get("authorization", "")  # what `echo_key_401` echoes back
         path = path.removeprefix("/v1")
         if method == "GET" and path == "/models":
             data = [{"id": self.scenario.model, "object": "model", "created": 0, "owned_by": "labelwise"}]
@@ -357,6 +647,8 @@ class FakeOpenAIServer:
             return _Reply(200, json.dumps({**self.stats.snapshot(), "cpu_s": time.thread_time()}).encode())
         if method == "POST" and path == "/chat/completions":
             return self._chat(body)
+        if path.startswith(("/files", "/batches", "/_batch_stats")):
+            return self._batch_route(method, path, headers, body)
         return _error(404, f"no route {method} {path}", "invalid_request_error")
 
     def _finish(self, reply: _Reply, sent: bool) -> None:
@@ -377,8 +669,9 @@ class FakeOpenAIServer:
     def _rpm_wait(self) -> float:
         """Take one rpm token: 0 when admitted, else seconds until one is available."""
         rate = self.scenario.rpm / 60.0  # type: ignore[operator]
-        now = time.monotonic()
-        self._tokens = min(self._bucket_size(), self._tokens + (now - self._refilled) * rate)
+        now = self.clock()
+        if self._refilled is not None:
+            self._tokens = min(self._bucket_size(), self._tokens + (now - self._refilled) * rate)
         self._refilled = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -423,11 +716,16 @@ class FakeOpenAIServer:
             return _error(400, f"response_format {rf.get('type')!r} is not supported", "invalid_request_error")
         st.completions += 1
         kind, arg = self._decide()
-        if kind == "429":
+        if kind in MISBEHAVIOURS:
+            reply = self._misbehave(kind, arg, req)
+        elif kind == "429":
             st.rate_limited += 1
             ms = max(0, math.ceil((sc.retry_after_s if arg is None else arg) * 1000))
-            reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded",
-                           {"retry-after": _fmt_s(ms / 1000), "retry-after-ms": str(ms)})
+            after = {"retry-after": email.utils.formatdate(math.ceil(time.time() + ms / 1000), usegmt=True)} \
+                if sc.retry_after_date else {"retry-after": _fmt_s(ms / 1000), "retry-after-ms": str(ms)}
+            reply = _error(429, "Rate limit reached (fake server)", "requests", "rate_limit_exceeded", after)
+        elif kind == "drop":
+            reply = _Reply(0, b"", drop=True)
         elif kind.isdigit():
             st.errors += int(kind) >= 500
             reply = _error(int(kind), f"injected error {kind} (fake server)",
@@ -436,7 +734,7 @@ class FakeOpenAIServer:
             st.garbage += kind == "garbage"
             st.off_taxonomy += kind == "off_taxonomy"
             reply = _Reply(200, json.dumps(self._completion(req, req["messages"], kind), ensure_ascii=False).encode())
-        reply.chat, reply.arrival = True, arrival
+        reply.chat, reply.arrival, reply.held = True, arrival, kind == "hold"
         if kind != "429":
             reply.admitted = True
             st.in_flight += 1
@@ -446,6 +744,37 @@ class FakeOpenAIServer:
             st.hangs += 1
             reply.delay = sc.hang_s if arg is None else arg
         return reply
+
+    # ---- misbehaving answers (see MISBEHAVIOURS) --------------------------------------------------------------
+    def _misbehave(self, kind: str, arg: float | None, req: dict[str, Any]) -> _Reply:
+        """The reply of a misbehaving-answer script entry."""
+        if kind == "empty_choices":
+            body = {**self._completion(req, req["messages"], "ok"), "choices": []}
+            return _Reply(200, json.dumps(body).encode())
+        if kind == "html_200":  # a proxy's error page, served with status 200
+            page = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+            return _Reply(200, page.encode(), content_type="text/html; charset=utf-8")
+        if kind == "not_completion":  # valid JSON, but not a chat.completion (here: a model list)
+            return _Reply(200, json.dumps({"object": "list", "data": [{"id": self.scenario.model}]}).encode())
+        if kind == "broken_logprobs":
+            body = self._completion(req, req["messages"], "ok")
+            body["choices"][0]["logprobs"] = {"content": "not a token list", "refusal": None}
+            return _Reply(200, json.dumps(body, ensure_ascii=False).encode())
+        if kind == "echo_key_401":
+            return _error(401, f"Incorrect API key provided: {self._authorization}", "invalid_request_error",
+                          "invalid_api_key")
+        if kind == "quota_429":
+            return _error(429, "You exceeded your current quota, please check your plan and billing details.",
+                          "insufficient_quota", "insufficient_quota")
+        if kind == "context_length_400":
+            return _error(400, "This model's maximum context length is 128000 tokens. Please reduce the length of the "
+                          "messages.", "invalid_request_error", "context_length_exceeded")
+        # huge_answer[:CHARS]: a 200 whose answer is CHARS characters of prose (not a valid answer)
+        size = int(arg) if arg is not None else 200_000
+        body = self._completion(req, req["messages"], "ok")
+        body["choices"][0]["message"]["content"] = ("这不是标签。" * (size // 6 + 1))[:size]
+        body["choices"][0]["logprobs"] = None
+        return _Reply(200, json.dumps(body, ensure_ascii=False).encode())
 
     def _completion(self, req: dict[str, Any], messages: list[Any], kind: str) -> dict[str, Any]:
         """The chat.completion object: n choices with answers, optional logprobs, and usage."""

@@ -449,7 +449,71 @@ def s8_memory(ctx: Ctx) -> list[Row]:
     return rows
 
 
+async def _server_load(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
+    """n schema requests from `concurrency` workers on one SDK client: (requests/s, this process's CPU share)."""
+    import openai
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "labels", "strict": True, "schema": {
+        "type": "object", "properties": {"labels": {"type": "array", "items": {"enum": ["spam", "ham"]}}}}}}
+    left = n
+
+    async def ask(c: openai.AsyncOpenAI) -> None:
+        r = await c.chat.completions.create(model="fake", messages=[{"role": "user", "content": "Sentence: spam"}],
+                                            response_format=fmt)
+        json.loads(r.choices[0].message.content)
+
+    async def worker(c: openai.AsyncOpenAI) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await ask(c)
+
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="t", max_retries=0) as c:
+        await asyncio.gather(*(ask(c) for _ in range(concurrency)))  # open the connections
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return n / elapsed, cpu / elapsed
+
+
+def s9_fake_server(ctx: Ctx) -> list[Row]:
+    """The fake server is not the bottleneck: its CPU per request vs the SDK client's, in its own process."""
+    n, c = (400 if ctx.quick else 1500), 64
+    with server_process(Scenario()) as url:
+        cpu0 = server_stats(url)["cpu_s"]
+        rps, client_share = asyncio.run(_server_load(url, n, c))
+        server_share = (server_stats(url)["cpu_s"] - cpu0) * rps / n
+    with FakeOpenAIServer(Scenario()) as srv:  # in a thread of this process, as the tests run it
+        cpu0 = srv.cpu_s()
+        thread_rps, _ = asyncio.run(_server_load(srv.base_url, n, c))
+        thread_share = (srv.cpu_s() - cpu0) * thread_rps / n
+    return [Row("9 fake server", f"{n} requests, C={c}, own process", f"{rps:.0f} req/s",
+                "server CPU < 50% of client's", pct(server_share / client_share), verdict(server_share < 0.5 * client_share),
+                f"server {server_share / rps * 1e6:.0f} us/req, SDK client {client_share / rps * 1e6:.0f} us/req; "
+                f"in a thread: {thread_rps:.0f} req/s, server {thread_share / thread_rps * 1e6:.0f} us/req")]
+
+
+def s10_bootstrap(ctx: Ctx) -> list[Row]:
+    """Agreement metrics with 1,000 bootstrap resamples on 6,000 multi-label items (what `relabel` reports)."""
+    import numpy as np
+
+    from labelwise._metrics import score
+
+    n, labels = 6000, [f"L{i}" for i in range(27)]
+    rng = np.random.default_rng(0)
+    gold = [sorted(set(rng.choice(labels, rng.integers(1, 4), replace=False).tolist())) for _ in range(n)]
+    pred = [g[:1] if rng.random() < 0.5 else rng.choice(labels, 1).tolist() for g in gold]
+    times = []
+    for _ in range(1 if ctx.quick else 3):
+        t0 = time.perf_counter()
+        score(gold, pred, labels, n_boot=1000)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return [Row("10 bootstrap CIs", f"{n:,} items, 27 labels, 1,000 resamples", f"{best:.2f} s", "< 15 s",
+                pct(best / 15), verdict(best < 15), f"best of {len(times)}; all: {', '.join(f'{t:.2f}' for t in times)} s")]
+
+
 SCENARIOS: dict[int, Callable[[Ctx], list[Row]]] = {
     1: s1_throughput, 2: s2_rate_limit, 3: s3_faults, 4: s4_items_per_request,
-    5: s5_cache_rerun, 6: s6_startup, 7: s7_local_model, 8: s8_memory,
+    5: s5_cache_rerun, 6: s6_startup, 7: s7_local_model, 8: s8_memory, 9: s9_fake_server, 10: s10_bootstrap,
 }

@@ -8,6 +8,7 @@ module- and session-scoped fixtures are covered too) and again per test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -179,6 +180,23 @@ def fake_server() -> Iterator[Callable[..., Any]]:
     yield start
     for server in started:
         server.close()
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout:.0f} s: {what}")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def until() -> Callable[..., Any]:
+    """`await until(cond, what)`: wait (yielding to the loop) for a condition, not for an amount of time.
+
+    The deadline is only a guard against a hang; tests assert what happened, never how fast.
+    """
+    return _until
 
 
 # --------------------------------------------------------------------------- CLI

@@ -95,6 +95,15 @@ def test_csv_with_named_columns_and_pipe_labels(tmp_path):
     assert c.items[0].lines == (2,)  # line 1 is the header
 
 
+@pytest.mark.parametrize("body, line", [("支持企业研发,园区建设,企业\n设立基金,金融支持\n", 2),
+                                        ("设立基金,金融支持\n支持企业研发,园区建设,企业\n", 3)])
+def test_csv_row_with_an_unquoted_separator_fails_naming_the_line(tmp_path, body, line):
+    # a text with an unquoted comma: never read with its columns shifted (a first such row used to become an index)
+    p = write(tmp_path / "d.csv", "text,labels\n" + body)
+    err = _error(p)
+    assert str(p) in str(err) and f"line {line}" in str(err)
+
+
 def test_csv_default_columns_and_custom_separator(tmp_path):
     p = write(tmp_path / "d.csv", "text,labels\n支持企业研发,企业;技术研发\n")
     c = load_corpus(p, label_sep=";")

@@ -12,7 +12,7 @@ from labelwise import PromptError, load_prompt, load_taxonomy, normalize_text
 from labelwise._examples import STRATEGIES, make_selector
 from labelwise._labeler import Labeler
 from labelwise._prompts import LABEL_JOINER, PROMPTS_DIR
-from labelwise._schema import label_confidence, parse_answer, parse_batch_answer
+from labelwise._schema import label_confidence, parse_answer, parse_batch_answer, short_error
 
 PROMPT_FILES = sorted(p for p in PROMPTS_DIR.glob("*.yaml") if p.stem != "policy_taxonomy")
 K = 5
@@ -266,13 +266,22 @@ def test_parse_answer_rejects_unknown_labels(labels):
         parse_answer("航天产业\n", "labels", labels, True, 3)
 
 
-def test_parse_answer_rejects_malformed_json_with_a_message(labels):
-    for raw in ('{"labels": ["企业"', "I cannot help with that.", "", '{labels: [企业]}'):
-        with pytest.raises(ValueError) as exc:
-            parse_answer(raw, "json", labels, True, 3)
-        assert str(exc.value).strip()
-    with pytest.raises(ValueError, match="invalid JSON"):
-        parse_answer('{"labels": [企业]}', "json", labels, True, 3)
+@pytest.mark.parametrize("raw, message", [
+    # what is wrong, and where: the offending text quoted, or the JSON error with its column
+    ('{"labels": ["企业"', """not a JSON object: '{"labels": ["企业"'"""),
+    ("I cannot help with that.", "not a JSON object: 'I cannot help with that.'"),
+    ("", "not a JSON object: ''"),
+    ("{labels: [企业]}", "invalid JSON: Expecting property name enclosed in double quotes at line 1, column 2 of the answer"),
+    ('{"labels": [企业]}', "invalid JSON: Expecting value at line 1, column 13 of the answer"),
+    ('Sure: {"labels": ["企业"],}', "invalid JSON: Expecting property name enclosed in double quotes at line 1, column 25 "
+                                  "of the answer"),
+    ('Here:\n```json\n{"labels":\n  [企业]}\n```', "invalid JSON: Expecting value at line 4, column 4 of the answer"),
+])
+def test_parse_answer_rejects_malformed_json_saying_what_and_where(labels, raw, message):
+    with pytest.raises(ValueError) as exc:
+        parse_answer(raw, "json", labels, True, 3)
+    assert str(exc.value) == message
+    assert short_error(exc.value) == message  # what the re-ask and the failed prediction say
 
 
 def test_parse_answer_limits(labels):

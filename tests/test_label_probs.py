@@ -36,7 +36,7 @@ def test_labels_from_probs_takes_the_top_label_then_those_over_the_threshold():
 
 
 def test_model_answer_round_trips_label_probs():
-    answer = ModelAnswer("b", "probs", None, {"prompt_tokens": 3}, "scores", {"a": 0.25, "b": 0.75})
+    answer = ModelAnswer("b", "probs", None, {"prompt_tokens": 3}, "scores", label_probs={"a": 0.25, "b": 0.75})
     again = ModelAnswer.from_dict(answer.to_dict())
     assert again.label_probs == {"a": 0.25, "b": 0.75} and again.format == "probs"
     assert ModelAnswer.from_dict({"text": "x", "format": "json"}).label_probs is None

@@ -11,20 +11,24 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text"],
+    "._corpus": ["Corpus", "Item", "item_id", "load_corpus", "normalize_text", "EncodingGuessWarning"],
     "._taxonomy": ["Taxonomy", "load_taxonomy"],
     "._prompts": ["PromptSpec", "load_prompt"],
     "._examples": ["SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector"],
-    "._models": ["Model", "ModelRequest", "ModelAnswer", "LocalModel", "OpenAIModel", "get_model"],
+    "._models": ["Model", "ModelOptions", "ModelRequest", "ModelAnswer", "LocalModel", "OpenAIModel", "get_model",
+                  "register_model"],
     "._cache": ["ResponseCache"],
     "._schema": ["Prediction"],
     "._labeler": ["Labeler", "LabelerConfig", "DEFAULT_CORPUS"],
     "._metrics": ["score", "compare", "confusion"],
     "._runner": ["relabel", "RelabelConfig"],
+    "._batch": ["BatchConfig", "batch_status", "cancel_batches"],
     "._evals": ["run_eval", "EvalSpec"],
+    "._review": ["export_tasks", "push_tasks", "pull_corrections", "import_corrections", "apply_corrections", "label_config"],
     "._exceptions": [
         "LabelwiseError", "InputError", "CorpusError", "TaxonomyError", "PromptError", "SpecError",
         "ModelError", "ModelConfigError", "TransportError", "FatalTransportError", "OutputError", "RunError",
+        "ReviewError", "LabelStudioError",
     ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

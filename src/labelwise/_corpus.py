@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ __all__ = ["Item", "Corpus", "SkippedLine", "load_corpus", "normalize_text", "it
 _WS = re.compile(r"\s+")
 LABEL_COLUMNS = ("labels", "label")
 TEXT_COLUMNS = ("text",)
+LABEL_SEP = "|"  # joins a text's labels in CSV outputs
+_HEADER_NAMES = {"label", "labels", "text", "sentence", "category", "categories", "tag", "tags", "class"}
 
 
 def normalize_text(text: str) -> str:
@@ -63,6 +66,8 @@ class Corpus:
     duplicate_rows: int = 0
     labeled: bool = True
     skipped: list[SkippedLine] = field(default_factory=list)
+    encoding_guessed: bool = False  # decoded as GB18030 because the bytes are not UTF-8 (a warning was given)
+    header_skipped: bool = False  # a TSV's first line was a header (`label<TAB>text`), not an item
 
     def __len__(self) -> int:
         return len(self.items)
@@ -113,8 +118,22 @@ def corpus_from_records(
     return Corpus(items, path=path, rows=rows, duplicate_rows=duplicates, labeled=labeled)
 
 
-def _decode(data: bytes, path: Path) -> tuple[str, str]:
-    """Decode UTF-8, or GB18030 when the file is plainly not UTF-8; otherwise name the bad byte's line and column."""
+def _decode(data: bytes, path: Path, encoding: str | None = None) -> tuple[str, str]:
+    """Decode as `encoding`, else UTF-8, or GB18030 when the file is plainly not UTF-8; a bad byte names its place."""
+    if encoding is not None:
+        import codecs
+
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            raise CorpusError(f"unknown encoding {encoding!r}", path=path) from None
+        try:
+            return data.decode("utf-8-sig" if name == "utf-8" else name), name
+        except UnicodeDecodeError as err:
+            prefix = data[:err.start]
+            column = err.start - (prefix.rfind(b"\n") + 1) + 1
+            raise CorpusError(f"bytes {data[err.start:err.start + 4]!r} are not valid {name}", path=path,
+                              line=prefix.count(b"\n") + 1, column=f"byte {column}") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -157,7 +176,21 @@ def _split_labels(value: Any, sep: str, path: Path, line: int, column: str) -> l
     if not isinstance(value, (list, tuple)):
         raise CorpusError(f"labels must be a list or a string, got {type(value).__name__}", path=path, line=line, column=column)
     out = [str(v).strip() for v in value]
+    for v in out:
+        if problem := _sep_problem(v):
+            raise CorpusError(problem, path=path, line=line, column=column)
     return [v for v in out if v]
+
+
+def _sep_problem(label: str) -> str | None:
+    """A label may not contain `|`: output files join a text's labels with it, so `a|b` would read as two labels."""
+    if LABEL_SEP in label:
+        return f"label {label!r} contains {LABEL_SEP!r}, which joins labels in labels.csv; rename the label"
+    return None
+
+
+class EncodingGuessWarning(UserWarning):
+    """A file was not UTF-8 and its encoding was guessed (GB18030)."""
 
 
 class _Bad(Exception):
@@ -174,11 +207,20 @@ def load_corpus(
     label_sep: str = "|",
     fmt: str | None = None,
     skip_bad: bool = False,
+    header: bool | None = None,
+    encoding: str | None = None,
+    require_labels: bool = False,
 ) -> Corpus:
-    """Read a dataset file into unique items; bad lines raise with file and line, or are counted under skip_bad."""
+    """Read a dataset file into unique items; bad lines raise with file and line, or are counted under skip_bad.
+
+    `header` (label<TAB>text files): None detects a first line of column names, True/False say so. `encoding`
+    overrides the UTF-8 / GB18030 detection. `require_labels` refuses a file without a label column.
+    """
     path = Path(path)
     if not path.exists():
         raise CorpusError("file not found", path=path)
+    if path.is_dir():
+        raise CorpusError("is a directory, not a dataset file", path=path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     skipped: list[SkippedLine] = []
 
@@ -188,31 +230,45 @@ def load_corpus(
         skipped.append(SkippedLine(line, err.reason))
 
     if fmt in ("tsv", "txt") and text_col is None:
-        text, encoding = _decode(path.read_bytes(), path)
-        corpus = _read_label_tab_text(text.splitlines(), path, bad, plain=(fmt == "txt"))
+        text, used = _decode(path.read_bytes(), path, encoding)
+        corpus = _read_label_tab_text(text.splitlines(), path, bad, plain=(fmt == "txt"), header=header)
     elif fmt == "jsonl":
-        text, encoding = _decode(path.read_bytes(), path)
-        corpus = _read_jsonl(text.splitlines(), path, bad, text_col, label_col, label_sep)
+        text, used = _decode(path.read_bytes(), path, encoding)
+        corpus = _read_jsonl(text.splitlines(), path, bad, text_col, label_col, label_sep, require_labels)
     elif fmt in ("csv", "tsv", "parquet"):
-        corpus = _read_table(path, fmt, bad, text_col, label_col, label_sep)
-        encoding = corpus.encoding
+        corpus = _read_table(path, fmt, bad, text_col, label_col, label_sep, encoding, require_labels)
+        used = corpus.encoding
     else:
         raise CorpusError(f"unknown format {fmt!r}; use .tsv, .txt, .csv, .jsonl or .parquet", path=path)
-    corpus.encoding = encoding
+    corpus.encoding = used
+    corpus.encoding_guessed = encoding is None and used == "gb18030"
+    if corpus.encoding_guessed:
+        warnings.warn(f"{path}: not UTF-8; read as GB18030, a guess: if the texts look wrong, give the encoding "
+                      "(--encoding, e.g. latin-1)", EncodingGuessWarning, stacklevel=2)
     corpus.skipped = skipped
+    if require_labels and not corpus.labeled:
+        raise CorpusError("the file has no labels (a text per line, no label column)", path=path)
     if not corpus.items:
         raise CorpusError("no items found", path=path)
     return corpus
 
 
-def _read_label_tab_text(lines: list[str], path: Path, bad, *, plain: bool) -> Corpus:
+def _is_header(line: str) -> bool:
+    """A first line whose two fields are both known column names (`label<TAB>text`) is a header, not an item."""
+    fields = [f.strip().lower() for f in line.split("\t")]
+    return len(fields) == 2 and all(f in _HEADER_NAMES for f in fields)
+
+
+def _read_label_tab_text(lines: list[str], path: Path, bad, *, plain: bool, header: bool | None = None) -> Corpus:
     """`label<TAB>text` per line (the bundled corpus form); a .txt without tabs is one unlabeled text per line."""
     if plain and not any("\t" in ln for ln in lines):
         recs = [(i, ln, ()) for i, ln in enumerate(lines, 1) if ln.strip()]
         return corpus_from_records(recs, path=str(path), labeled=False)
     records = []
+    first = next((i for i, ln in enumerate(lines, 1) if ln.strip()), None)
+    skip_header = first is not None and (header if header is not None else _is_header(lines[first - 1]))
     for i, ln in enumerate(lines, 1):
-        if not ln.strip():
+        if not ln.strip() or (skip_header and i == first):
             continue
         try:
             if "\t" not in ln:
@@ -222,11 +278,15 @@ def _read_label_tab_text(lines: list[str], path: Path, bad, *, plain: bool) -> C
                 raise _Bad("empty label", "1")
             if not text.strip():
                 raise _Bad("empty text", "2")
+            if problem := _sep_problem(label.strip()):
+                raise _Bad(problem, "1")
         except _Bad as e:
             bad(i, e)
             continue
         records.append((i, text, [label.strip()]))
-    return corpus_from_records(records, path=str(path))
+    corpus = corpus_from_records(records, path=str(path))
+    corpus.header_skipped = bool(skip_header)
+    return corpus
 
 
 def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path, required: bool) -> str | None:
@@ -238,11 +298,12 @@ def _pick(columns: Sequence[str], wanted: str | None, defaults: Sequence[str], w
         if c in columns:
             return c
     if required:
-        raise CorpusError(f"no {what} column (tried {list(defaults)}); columns found: {list(columns)}; name it with --text-col", path=path)
+        hint = "; name it with text_col= (relabel: --text-col)" if what == "text" else ""
+        raise CorpusError(f"no {what} column (tried {list(defaults)}); columns found: {list(columns)}{hint}", path=path)
     return None
 
 
-def _read_jsonl(lines: list[str], path: Path, bad, text_col, label_col, label_sep) -> Corpus:
+def _read_jsonl(lines: list[str], path: Path, bad, text_col, label_col, label_sep, require_labels: bool = False) -> Corpus:
     records = []
     label_key_seen = False
     for i, ln in enumerate(lines, 1):
@@ -256,7 +317,7 @@ def _read_jsonl(lines: list[str], path: Path, bad, text_col, label_col, label_se
             if not isinstance(obj, dict):
                 raise _Bad("expected a JSON object")
             tkey = _pick(list(obj), text_col, TEXT_COLUMNS, "text", path, required=True)
-            lkey = _pick(list(obj), label_col, LABEL_COLUMNS, "label", path, required=False) if label_col is None else label_col
+            lkey = _pick(list(obj), label_col, LABEL_COLUMNS, "label", path, required=require_labels) if label_col is None else label_col
             text = obj.get(tkey)
             if not isinstance(text, str) or not text.strip():
                 raise _Bad("empty or non-string text", tkey)
@@ -269,7 +330,8 @@ def _read_jsonl(lines: list[str], path: Path, bad, text_col, label_col, label_se
     return corpus_from_records(records, path=str(path), labeled=label_key_seen)
 
 
-def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep) -> Corpus:
+def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep, encoding_override: str | None = None,
+                require_labels: bool = False) -> Corpus:
     import pandas as pd
 
     import io
@@ -279,24 +341,33 @@ def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep) -> Co
         if fmt == "parquet":
             df = pd.read_parquet(path)
         else:
-            text, encoding = _decode(path.read_bytes(), path)
-            df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
+            text, encoding = _decode(path.read_bytes(), path, encoding_override)
+            with warnings.catch_warnings():
+                # index_col=False: a first row with one field too many must not silently become an index column
+                # (shifting every column); pandas then warns of the data it would drop, which is an error here
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str,
+                                 keep_default_na=False, index_col=False)
     except CorpusError:
         raise
+    except pd.errors.ParserWarning:
+        raise CorpusError("more fields than the header has columns; quote texts that contain the separator",
+                          path=path, line=2) from None
     except Exception as e:  # pandas raises many parser error types; all mean the same to a user
         raise CorpusError(f"can't read as {fmt}: {e}", path=path) from None
     corpus = dataframe_corpus(df, text_col=text_col, label_col=label_col, label_sep=label_sep, path=path, bad=bad,
-                              first_line=2 if fmt != "parquet" else 1)
+                              first_line=2 if fmt != "parquet" else 1, require_labels=require_labels)
     corpus.encoding = encoding
     return corpus
 
 
-def dataframe_corpus(df, *, text_col=None, label_col=None, label_sep="|", path=None, bad=None, first_line: int = 1) -> Corpus:
+def dataframe_corpus(df, *, text_col=None, label_col=None, label_sep="|", path=None, bad=None, first_line: int = 1,
+                     require_labels: bool = False) -> Corpus:
     """Items from a pandas DataFrame with a text column and an optional label column."""
     where = Path(path) if path is not None else Path("<dataframe>")
     cols = [str(c) for c in df.columns]
     tcol = _pick(cols, text_col, TEXT_COLUMNS, "text", where, required=True)
-    lcol = _pick(cols, label_col, LABEL_COLUMNS, "label", where, required=False)
+    lcol = _pick(cols, label_col, LABEL_COLUMNS, "label", where, required=require_labels)
 
     def strict(line: int, err: _Bad) -> None:
         raise CorpusError(err.reason, path=where, line=line, column=err.column)

@@ -164,8 +164,9 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
                     limit: int | None = None, cache_dir: str | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run every variant (or `only` some) on the held-out split and write the leaderboard; returns the results."""
     from ._labeler import Labeler
-    from ._metrics import compare, score
-    from ._runner import Progress, cost_of, load_prices
+    from ._metrics import score, scored_labels
+    from ._prices import cost_of, load_prices
+    from ._progress import Progress
 
     spec, root = load_spec(spec_path)
     corpus = load_corpus(_resolve(root, spec.dataset))
@@ -186,7 +187,7 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     out_dir.mkdir(parents=True, exist_ok=True)
     prices = load_prices(_resolve(root, spec.prices))
     gold = [list(it.labels) for it in test]
-    labels = sorted({lab for it in corpus.items for lab in it.labels} | set(load_taxonomy(taxonomy).labels if taxonomy else ()))
+    classes = sorted({lab for it in corpus.items for lab in it.labels} | set(load_taxonomy(taxonomy).labels if taxonomy else ()))
     rows: list[dict[str, Any]] = []
     preds_by_variant: dict[str, list[list[str] | None]] = {}
 
@@ -209,22 +210,23 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
         ok = [i for i, p in enumerate(preds) if p.status == "ok"]
         usage = {k: sum(p.usage.get(k, 0) for p in preds) for k in ("prompt_tokens", "completion_tokens")}
         cost = cost_of(usage, labeler.model.name, prices)
-        metrics = score([gold[i] for i in ok], [preds[i].labels for i in ok], labels, n_boot=spec.n_boot) if ok else None
+        g_ok, p_ok = [gold[i] for i in ok], [preds[i].labels for i in ok]
+        metrics = score(g_ok, p_ok, scored_labels(g_ok, p_ok), n_boot=spec.n_boot) if ok else None
         preds_by_variant[name] = [p.labels if p.status == "ok" else None for p in preds]
         rows.append(_row(name, v.model_dump(), metrics, len(preds) - len(ok), len(test), usage, cost, seconds,
                          sum(p.cached for p in preds), labeler.prompt.ref))
     if spec.baseline and (not only or BASELINE in only):
         t0 = time.monotonic()
-        base = _baseline(pool, test, labels)
+        base = _baseline(pool, test, classes)
         seconds = time.monotonic() - t0
         preds_by_variant[BASELINE] = base
         write_jsonl(out_dir / _slug(BASELINE) / "predictions.jsonl",
                     [{"id": it.id, "text": it.text, "labels": p, "status": "ok", "gold": g} for it, p, g in zip(test, base, gold)])
-        rows.append(_row(BASELINE, {"model": "scikit-learn"}, score(gold, base, labels, n_boot=spec.n_boot), 0, len(test),
+        rows.append(_row(BASELINE, {"model": "scikit-learn"}, score(gold, base, scored_labels(gold, base), n_boot=spec.n_boot), 0, len(test),
                          {"prompt_tokens": 0, "completion_tokens": 0}, 0.0, seconds, 0, None))
 
     rows.sort(key=lambda r: -(r["metrics"] or {}).get(spec.primary, float("-inf")) if r["metrics"] else float("inf"))
-    comparisons = _compare_best(rows, preds_by_variant, gold, labels, compare, spec.n_boot)
+    comparisons = _compare_best(rows, preds_by_variant, gold, spec.n_boot)
     result = {"spec": spec.name, "primary": spec.primary, "split": {"file": spec.split.file, "held_out": len(test),
               "pool": len(pool), "seed": spec.split.seed}, "rows": rows, "comparisons": comparisons}
     atomic_write_json(out_dir / "results.json", result)
@@ -259,8 +261,10 @@ def _row(name, settings, metrics, failed, n, usage, cost, seconds, cached, promp
             "seconds_per_item": round(seconds / max(1, n), 4), "seconds": round(seconds, 2)}
 
 
-def _compare_best(rows, preds_by_variant, gold, labels, compare, n_boot) -> list[dict[str, Any]]:
+def _compare_best(rows, preds_by_variant, gold, n_boot) -> list[dict[str, Any]]:
     """Paired comparison of the best variant against each other one, on the items both labeled."""
+    from ._metrics import compare, scored_labels
+
     if len(rows) < 2 or not rows[0]["metrics"]:
         return []
     best = rows[0]["variant"]
@@ -270,7 +274,8 @@ def _compare_best(rows, preds_by_variant, gold, labels, compare, n_boot) -> list
         both = [i for i in range(len(gold)) if a[i] is not None and b[i] is not None]
         if not both:
             continue
-        cmp = compare([gold[i] for i in both], [a[i] for i in both], [b[i] for i in both], labels, n_boot=n_boot)
+        g, pa, pb = [gold[i] for i in both], [a[i] for i in both], [b[i] for i in both]
+        cmp = compare(g, pa, pb, scored_labels(g, pa, pb), n_boot=n_boot)
         out.append({"best": best, "other": r["variant"], "items": len(both), **cmp.model_dump()})
     return out
 

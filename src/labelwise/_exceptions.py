@@ -5,13 +5,15 @@ LabelwiseError
  │    ├── CorpusError           a corpus / dataset file can't be read as items
  │    ├── TaxonomyError         a taxonomy file is malformed, or a label is unknown
  │    ├── PromptError           a prompt template is missing or malformed
- │    └── SpecError             an eval spec is malformed
+ │    ├── SpecError             an eval spec is malformed
+ │    └── ReviewError           a run, review export or corrections file can't be used (names the task / item)
  ├── ModelError                 talking to a model failed
  │    ├── ModelConfigError      unknown model spec, missing key, missing extra
- │    ├── TransportError        network / HTTP failure after retries (status, attempts)
- │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota)
+ │    ├── TransportError        network / HTTP failure or malformed answer after retries (status, attempts, raw)
+ │    │    └── FatalTransportError  4xx that retrying can't fix (400/401/403/404, quota): a run stops
  │    └── OutputError           the answer could not be validated (raw output kept)
- └── RunError                   a relabel run directory can't be resumed as asked
+ ├── RunError                   a relabel run directory can't be resumed as asked
+ └── LabelStudioError           Label Studio unreachable, no API key, or its API refused
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "FatalTransportError",
     "OutputError",
     "RunError",
+    "ReviewError",
+    "LabelStudioError",
 ]
 
 
@@ -86,6 +90,10 @@ class SpecError(InputError):
     """An eval spec is malformed."""
 
 
+class ReviewError(InputError):
+    """A run, a Label Studio export or a corrections file can't be used as asked."""
+
+
 class ModelError(LabelwiseError):
     """Talking to a model failed."""
 
@@ -97,9 +105,10 @@ class ModelConfigError(ModelError):
 class TransportError(ModelError):
     """The request failed at the network or HTTP level, after any retries."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1, raw: str | None = None) -> None:
         self.status = status
         self.attempts = attempts
+        self.raw = raw  # the body of a malformed answer, kept for the failed prediction
         super().__init__(message)
 
 
@@ -118,3 +127,7 @@ class OutputError(ModelError):
 
 class RunError(LabelwiseError):
     """A run directory can't be used as asked (e.g. resumed with other settings)."""
+
+
+class LabelStudioError(LabelwiseError):
+    """Label Studio can't be reached, the API key is missing, or its API refused a request."""

@@ -12,24 +12,44 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "append_jsonl", "read_jsonl_repairing"]
+__all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_lines", "atomic_write_json", "append_jsonl",
+           "read_jsonl_repairing", "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
+
+# A cell starting with one of these is run as a formula by spreadsheet apps (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def bundled(package: str) -> Path:
+    """Directory of files shipped inside labelwise (prompts, the bundled corpus), installed or from a checkout."""
+    from importlib.resources import files
+
+    return Path(str(files(package)))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
+    atomic_write_lines(path, [data])
+
+
+def atomic_write_lines(path: str | Path, chunks: Iterable[bytes]) -> int:
+    """Atomically write byte chunks as they come (a file larger than memory); returns how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    n = 0
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions a plain open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
+                n += 1
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return n
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -46,6 +66,25 @@ def append_jsonl(f, obj: Any) -> None:
     """Append one JSON line in a single write, so a kill can tear at most the last line."""
     f.write(json.dumps(obj, ensure_ascii=False) + "\n")
     f.flush()
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, prefixed with `'` (shown as text); others as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(cell: str) -> str:
+    """The original text of a cell `spreadsheet_safe` escaped (reading our own CSVs back)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] and cell[1:2] in _FORMULA_START else cell
+
+
+def write_spreadsheet_csv(path: str | Path, df) -> None:
+    """Atomically write a DataFrame as CSV for spreadsheet apps: UTF-8 with BOM, formula-like text cells escaped."""
+    safe = df.map(spreadsheet_safe)  # every column: pandas may hold text as object or as its string dtype
+    safe.columns = [spreadsheet_safe(str(c)) for c in safe.columns]
+    atomic_write_bytes(path, safe.to_csv(index=False).encode("utf-8-sig"))  # BOM so Excel reads the Chinese text right
 
 
 def parse_yaml(text: str, path: str | Path, error: type[Exception]) -> Any:

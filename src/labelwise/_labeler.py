@@ -14,22 +14,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._cache import ResponseCache, stable_hash
 from ._corpus import Corpus, item_id, load_corpus, normalize_text
 from ._examples import make_selector
-from ._exceptions import ModelError, TransportError
-from ._models import REASK, Model, ModelAnswer, ModelRequest, get_model
+from ._exceptions import FatalTransportError, ModelError, TransportError
+from ._io import bundled
+from ._models import REASK, Model, ModelAnswer, ModelOptions, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
-from ._schema import (Prediction, answer_model, batch_answer_model, label_confidence, labels_from_probs, parse_answer,
-                      parse_batch_answer, short_error)
+from ._schema import (RAW_CAP, Prediction, answer_model, batch_answer_model, label_confidence, labels_from_probs,
+                      parse_answer, parse_batch_answer, short_error)
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["Labeler", "LabelerConfig", "DEFAULT_CORPUS", "run_sync"]
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "policy_labels.tsv"
+DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
 # Chosen on labeled data with `python -m benchmarks.threshold`: leave-one-out predictions of the embedded model
 # (fewshot, 8 similar shots) on 150 corpus texts (seed 0); 0.15 gave the best samples-F1 (0.479; 0.430 at 0.5+,
 # i.e. the top label alone) and the best micro-F1 (0.456) of the grid 0.05..0.95.
 DEFAULT_LABEL_THRESHOLD = 0.15
 T = TypeVar("T")
+
+
+def check_text(text: Any, where: str = "text") -> str:
+    """`text` if it is a non-empty string; else a ValueError saying what is wrong (no model call for it)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{where} is empty")
+    return text
 
 
 class _LoopThread:
@@ -132,14 +142,13 @@ class Labeler:
             self.taxonomy.check(self.pool.labels, where=self.pool.path)
         self.prompt = prompt if isinstance(prompt, PromptSpec) else load_prompt(prompt)
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
-        # A client we create is ours to close; a model passed in, or the process-wide local model, is not.
-        self._owns_model = isinstance(model, str) and model.startswith("openai:")
         if isinstance(model, Model):
             self.model = model
-        elif self._owns_model:
-            self.model = get_model(model, base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout, limiter=self.limiter)
         else:
-            self.model = get_model(model)
+            self.model = get_model(model, ModelOptions(base_url=cfg.base_url, structured=cfg.structured, timeout=cfg.timeout,
+                                                       limiter=self.limiter))
+        # A model the registry made for us is ours to close, unless it is shared; a model passed in is the caller's.
+        self._owns_model = isinstance(model, str) and self.model.owned
         self.shots = cfg.shots if self.prompt.uses_examples and self.pool is not None else 0
         self.selector = make_selector(cfg.strategy, self.pool, self.shots, cfg.seed) if self.shots else None
         self.cache = ResponseCache(cfg.cache_dir) if cfg.cache else None
@@ -158,6 +167,7 @@ class Labeler:
             "threshold": cfg.label_threshold if self.model.scores_labels and cfg.multi_label else None,
         })
         self._prefetched: dict[str, list[dict[str, Any]]] = {}
+        self.fatal: FatalTransportError | None = None  # the first error that stops a run (auth, quota, not found)
         self.stats = {"model_calls": 0, "cache_hits": 0, "reasks": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     # ------------------------------------------------------------------ single items
@@ -234,6 +244,7 @@ class Labeler:
 
     async def alabel(self, text: str, *, id: str | None = None) -> Prediction:
         """Label one text (async)."""
+        check_text(text)
         iid = id or item_id(text)
         hit = self._memo(iid, text)
         if hit is not None:
@@ -247,17 +258,30 @@ class Labeler:
         examples = self._examples_for([(iid, text)])
         return self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
 
-    async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str]) -> Prediction:
+    async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str], *,
+                             first: ModelAnswer | None = None, start: int = 1,
+                             defer: Callable[[ModelRequest, int], None] | None = None) -> Prediction | None:
+        """Ask, validate, re-ask with the error. `first`: an answer already in hand (a batch output line) for
+        attempt `start`; `defer`: re-asks are handed to it (a follow-up batch) instead of asked here (returns None)."""
         cfg = self.config
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         base = dict(id=iid, text=text, examples=example_ids, prompt=self.prompt.ref, model=self.model.name)
         all_cached = True
         raw = None
-        for attempt in range(1, cfg.max_reasks + 2):
-            try:
-                answer, cached = await self._ask(request)
-            except (TransportError, ModelError) as err:
-                return Prediction(**base, labels=[], status="failed", error=str(err), attempts=attempt, usage=usage, raw=raw)
+        sent = start - 1  # requests sent for this item, transport retries included (an earlier batch round: one)
+        for attempt in range(start, cfg.max_reasks + 2):
+            if first is not None:
+                answer, cached, first = first, False, None
+            else:
+                try:
+                    answer, cached = await self._ask(request)
+                except (TransportError, ModelError) as err:
+                    if isinstance(err, FatalTransportError) and self.fatal is None:
+                        self.fatal = err
+                    return Prediction(**base, labels=[], status="failed", error=str(err),
+                                      attempts=sent + getattr(err, "attempts", 1), usage=usage,
+                                      raw=getattr(err, "raw", None) or raw)
+            sent += answer.attempts
             all_cached &= cached
             for k in usage:
                 usage[k] += answer.usage.get(k, 0)
@@ -267,15 +291,19 @@ class Labeler:
             except (ValidationError, ValueError) as err:
                 self.stats["reasks"] += attempt <= cfg.max_reasks
                 error = short_error(err)
-                request = replace(request, reasks=request.reasks + ((answer.text, REASK.format(error=error)),))
+                echoed = answer.text if len(answer.text) <= RAW_CAP else answer.text[:RAW_CAP] + "…"
+                request = replace(request, reasks=request.reasks + ((echoed, REASK.format(error=error)),))
+                if defer is not None and attempt <= cfg.max_reasks:
+                    defer(request, attempt + 1)
+                    return None
                 continue
             self._remember(request, answer)
             pred = Prediction(**base, labels=labels, confidence=self._confidence(answer, labels[0]),
-                              label_probs=answer.label_probs, attempts=attempt, usage=usage, cached=all_cached)
+                              label_probs=answer.label_probs, attempts=sent, usage=usage, cached=all_cached)
             self._store(pred)
             return pred
         return Prediction(**base, labels=[], status="failed", error=f"invalid answer after {cfg.max_reasks} re-asks: {error}",
-                          attempts=cfg.max_reasks + 1, usage=usage, raw=raw)
+                          attempts=sent, usage=usage, raw=raw)
 
     def _labels_of(self, answer: ModelAnswer) -> list[str]:
         """The validated label set of an answer: from its probabilities (a scoring model) or its text."""
@@ -310,33 +338,86 @@ class Labeler:
         if len(todo) == 1:
             out[todo[0][0]] = await self.alabel(todo[0][1], id=todo[0][0])
         elif todo:
-            keys = tuple(str(n) for n in range(1, len(todo) + 1))
-            examples = self._examples_for(todo)
-            rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, todo)], self.taxonomy,
-                                                examples, json_answer=self.json_answer)
-            schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
-            request = replace(self._request(rendered.text, batch=True, schema=schema), keys=keys)
+            request, example_ids = self.plan_request(todo)
             try:
+                answer: ModelAnswer | Exception
                 answer, cached = await self._ask(request)
-                results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
-                                             cfg.max_labels)
             except (TransportError, ModelError) as err:
-                answer, cached, results = None, False, {k: str(err) for k in keys}
-            share = {k: v // len(todo) for k, v in (answer.usage.items() if answer else [])}
-            if answer and all(isinstance(v, list) for v in results.values()):
-                self._remember(request, answer)
-            for key, (iid, text) in zip(keys, todo):
-                labels = results[key]
-                if isinstance(labels, list):
-                    pred = Prediction(id=iid, text=text, labels=labels, examples=list(rendered.example_ids), prompt=self.prompt.ref,
-                                      model=self.model.name, usage=share, cached=cached,
-                                      confidence=self._batch_confidence(answer, key, labels[0]))
-                    self._store(pred)
-                    out[iid] = pred
-                else:
-                    self.stats["reasks"] += 1
-                    out[iid] = await self.alabel(text, id=iid)
+                if isinstance(err, FatalTransportError):
+                    self.fatal = self.fatal or err
+                    return [out.get(iid) or self._failed(iid, text, err, example_ids) for iid, text in items]
+                answer, cached = err, False
+            out.update(await self.afinish(todo, request, example_ids, answer, cached=cached))
         return [out[iid] for iid, _ in items]
+
+    def plan_request(self, items: Sequence[tuple[str, str]]) -> tuple[ModelRequest, list[str]]:
+        """The request the online path sends for one item or a group of items, and the ids of its examples."""
+        cfg = self.config
+        if len(items) == 1:
+            iid, text = items[0]
+            rendered = self.render(text, id=iid)
+            return self._request(rendered.text), list(rendered.example_ids)
+        keys = tuple(str(n) for n in range(1, len(items) + 1))
+        examples = self._examples_for(items)
+        rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, items)], self.taxonomy,
+                                            examples, json_answer=self.json_answer)
+        schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
+        return replace(self._request(rendered.text, batch=True, schema=schema), keys=keys), list(rendered.example_ids)
+
+    async def afinish(
+        self, items: Sequence[tuple[str, str]], request: ModelRequest, example_ids: list[str],
+        answer: ModelAnswer | Exception, *, cached: bool = False, start: int = 1,
+        defer: Callable[[Sequence[tuple[str, str]], ModelRequest, list[str], int], None] | None = None,
+    ) -> dict[str, Prediction]:
+        """Predictions from an answer to `plan_request(items)` (or the error instead of one), validated as online.
+
+        Invalid answers and failed requests are asked again online, or handed to `defer(items, next_request,
+        example_ids, attempt)` (then left out of the result)."""
+        cfg = self.config
+        if len(items) == 1 and not request.keys:
+            iid, text = items[0]
+            if isinstance(answer, Exception):  # this request failed as a whole: ask it again
+                if defer is not None and start <= cfg.max_reasks:
+                    defer(items, request, example_ids, start + 1)
+                    return {}
+                pred = await self._label_request(iid, text, request, example_ids, start=min(start, cfg.max_reasks + 1))
+            else:
+                later = (lambda req, attempt: defer(items, req, example_ids, attempt)) if defer else None
+                pred = await self._label_request(iid, text, request, example_ids, first=answer, start=start, defer=later)
+            return {iid: pred} if pred is not None else {}
+        keys = request.keys
+        if isinstance(answer, Exception):
+            answer, results = None, {k: str(answer) for k in keys}
+        else:
+            results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
+                                         cfg.max_labels)
+        share = {k: v // len(items) for k, v in (answer.usage.items() if answer else [])}
+        if answer and all(isinstance(v, list) for v in results.values()):
+            self._remember(request, answer)
+        out: dict[str, Prediction] = {}
+        for key, (iid, text) in zip(keys, items):
+            labels = results[key]
+            if isinstance(labels, list):
+                pred = Prediction(id=iid, text=text, labels=labels, examples=example_ids, prompt=self.prompt.ref,
+                                  model=self.model.name, usage=share, cached=cached, attempts=answer.attempts,
+                                  confidence=self._batch_confidence(answer, key, labels[0]))
+                self._store(pred)
+                out[iid] = pred
+            elif self.fatal is not None:  # no more requests once the run must stop
+                out[iid] = self._failed(iid, text, self.fatal, example_ids)
+            elif defer is not None:
+                self.stats["reasks"] += 1
+                alone = [(iid, text)]
+                defer(alone, *self.plan_request(alone), 1)
+            else:
+                self.stats["reasks"] += 1
+                out[iid] = await self.alabel(text, id=iid)
+        return out
+
+    def _failed(self, iid: str, text: str, err: Exception, example_ids: list[str]) -> Prediction:
+        """A failed prediction for an item a batch request could not label."""
+        return Prediction(id=iid, text=text, labels=[], status="failed", error=str(err), examples=example_ids,
+                          prompt=self.prompt.ref, model=self.model.name, attempts=getattr(err, "attempts", 1))
 
     @staticmethod
     def _batch_confidence(answer: ModelAnswer | None, key: str, label: str) -> float | None:
@@ -365,6 +446,7 @@ class Labeler:
         With `collect=False` nothing is kept (a streaming caller writes each result itself) and [] is returned.
         """
         results: dict[str, Prediction] = {}
+        self.fatal = None  # a fatal error stops this call; a later call (e.g. with the problem fixed) starts afresh
 
         def done(pred: Prediction) -> None:
             if collect:
@@ -395,6 +477,8 @@ class Labeler:
 
         async def work() -> None:
             while (group := await queue.get()) is not None:
+                if self.fatal is not None:  # stop sending at the first fatal error; in-flight answers still land
+                    continue
                 preds = await self._alabel_batch(group) if len(group) > 1 else [await self.alabel(group[0][1], id=group[0][0])]
                 for p in preds:
                     done(p)
@@ -406,11 +490,15 @@ class Labeler:
         finally:
             for t in tasks:
                 t.cancel()
+        if self.fatal is not None:
+            raise self.fatal
         return [results[iid] for iid, _ in items] if collect else []
 
     async def alabel_many(self, texts: Iterable[str]) -> list[Prediction]:
         """Label many texts (async); identical texts are labeled once."""
         texts = list(texts)
+        for n, t in enumerate(texts):
+            check_text(t, f"texts[{n}]")
         ids = [item_id(t) for t in texts]
         unique = list({i: t for i, t in zip(ids, texts)}.items())
         done = {p.id: p for p in await self.alabel_items(unique)}
@@ -430,7 +518,18 @@ class Labeler:
 
         if text_col not in df.columns:
             raise KeyError(f"no column {text_col!r}; columns found: {list(df.columns)}")
-        preds = self.label_many(df[text_col].astype(str).tolist())
+        cells = df[text_col].tolist()
+        bad = {}
+        for n, (index, cell) in enumerate(zip(df.index, cells)):
+            try:
+                if cell is None or (pd.api.types.is_scalar(cell) and pd.isna(cell)):  # None, NaN, pd.NA
+                    raise ValueError(f"{text_col!r} at row {index!r} is missing")
+                cells[n] = check_text(cell if isinstance(cell, str) else str(cell), f"{text_col!r} at row {index!r}")
+            except ValueError as err:
+                bad[n] = Prediction(id="", text="" if not isinstance(cell, str) else cell, labels=[], status="failed",
+                                    error=str(err), prompt=self.prompt.ref, model=self.model.name, attempts=0)
+        labeled = iter(self.label_many([c for n, c in enumerate(cells) if n not in bad]))
+        preds = [bad[n] if n in bad else next(labeled) for n in range(len(cells))]
         extra = pd.DataFrame([p.model_dump(exclude={"text"}) for p in preds], index=df.index)
         extra = extra.rename(columns={c: f"pred_{c}" if c in df.columns else c for c in extra.columns})
         return pd.concat([df, extra], axis=1)

@@ -37,6 +37,7 @@ __all__ = [
     "Difference",
     "McNemar",
     "Comparison",
+    "scored_labels",
     "score",
     "compare",
     "confusion",
@@ -293,6 +294,15 @@ def _multiclass_kappa(G: np.ndarray, P: np.ndarray) -> float | None:
     n = len(G)
     exp = n * n - float(G.sum(0) @ P.sum(0))
     return None if exp == 0 else float(1 - (G != P).any(1).sum() * n / exp)
+
+
+def scored_labels(*sides: Sequence[Collection[str]]) -> list[str]:
+    """The one rule for which labels a figure covers: every label that gold or a compared prediction uses.
+
+    `agree`, a run's report and an eval all score with it, so the same predictions give the same figures
+    everywhere; a taxonomy label that no side uses says nothing about agreement and would only add a 0 to macro-F1.
+    """
+    return sorted({lab for side in sides for row in side if row is not None for lab in row})
 
 
 def score(

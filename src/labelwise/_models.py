@@ -8,9 +8,11 @@ the answer and re-asking live in the labeler.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,17 @@ from typing import Any
 from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
+from ._redact import install_log_redaction, redact, register_secret
 from ._schema import TokenAlternatives, label_probs_from_logprobs
 
-__all__ = ["ModelRequest", "ModelAnswer", "Model", "OpenAIModel", "LocalModel", "get_model", "STRUCTURED_MODES"]
+__all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
+           "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
 TOP_LOGPROBS = 20  # alternatives asked for at each token of a structured answer (OpenAI's maximum): label_probs
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
+RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class ModelAnswer:
     tokens: list[tuple[str, float]] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     mode: str = ""
+    attempts: int = 1  # requests sent for this answer (transport retries included); not cached
     label_probs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,7 +69,8 @@ class ModelAnswer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelAnswer:
         toks = [tuple(t) for t in d["tokens"]] if d.get("tokens") is not None else None
-        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""), d.get("label_probs"))
+        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""),
+                   label_probs=d.get("label_probs"))
 
 
 class Model(ABC):
@@ -72,6 +79,8 @@ class Model(ABC):
     name: str
     answer_format: str = "json"
     scores_labels: bool = False  # answers with a probability for every label instead of text (one item a request)
+    # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
+    owned: bool = True
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> ModelAnswer:
@@ -80,6 +89,10 @@ class Model(ABC):
     def identity(self) -> dict[str, Any]:
         """What distinguishes this model's answers in the cache (never a secret)."""
         return {"model": self.name}
+
+    def describe(self) -> dict[str, Any]:
+        """What a run's manifest records about this model (never a secret)."""
+        return self.identity()
 
     async def aclose(self) -> None:
         """Release connections or weights."""
@@ -139,7 +152,54 @@ def _fatal_message(err: BaseException, base_url: str) -> str:
         429: "quota exhausted: check your plan and billing",
     }.get(status, "request failed")
     detail = getattr(err, "message", None) or str(err)
-    return f"{hint} (HTTP {status} from {base_url}): {detail}"
+    return redact(f"{hint} (HTTP {status} from {base_url}): {detail}")
+
+
+def _item_specific(err: BaseException) -> bool:
+    """A 400 about this request's content (too long, filtered): that item fails, the run goes on."""
+    body = getattr(err, "body", None)
+    code = body.get("code") if isinstance(body, dict) else getattr(err, "code", None)
+    text = f"{getattr(err, 'message', '')}".lower()
+    return code in ("context_length_exceeded", "content_filter", "content_policy_violation") or "context length" in text
+
+
+class _Malformed(Exception):
+    """Internal: a 200 that is not a usable chat completion; retried like a transport fault."""
+
+    def __init__(self, what: str, body: str) -> None:
+        self.what, self.body = what, body
+        super().__init__(what)
+
+
+def _check_completion(resp: Any) -> None:
+    """Raise `_Malformed` unless `resp` is a chat completion with a first choice holding a text message."""
+    choices = getattr(resp, "choices", None)
+    problem = None
+    if isinstance(resp, str):
+        problem = "a non-JSON body"
+    elif not isinstance(choices, list):
+        problem = "JSON that is not a chat completion (no `choices` list)"
+    elif not choices:
+        problem = "a completion with no choices"
+    else:
+        message = getattr(choices[0], "message", None)
+        logprobs = getattr(getattr(choices[0], "logprobs", None), "content", None)
+        if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+            problem = "a completion whose first choice has no text message"
+        elif logprobs is not None and not (isinstance(logprobs, list) and all(
+                isinstance(getattr(t, "token", None), str) and isinstance(getattr(t, "logprob", None), (int, float))
+                for t in logprobs)):
+            problem = "a completion whose log-probabilities are not a list of tokens"
+    if problem is None:
+        return
+    if isinstance(resp, str):
+        body = resp
+    else:
+        try:
+            body = resp.to_json(indent=None, warnings=False)  # the body is broken on purpose: no pydantic chatter
+        except Exception:  # noqa: BLE001 - any repr of a broken object will do for the record
+            body = repr(resp)
+    raise _Malformed(problem, body)
 
 
 def _alternatives(token: Any) -> TokenAlternatives:
@@ -183,6 +243,8 @@ class OpenAIModel(Model):
             if "api.openai.com" in self.base_url:
                 raise ModelConfigError("OPENAI_API_KEY is not set (needed for api.openai.com)")
             key = "no-key"  # local servers accept any key; the SDK insists on one
+        register_secret(key)
+        install_log_redaction()
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
@@ -195,6 +257,9 @@ class OpenAIModel(Model):
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
                 "top_logprobs": TOP_LOGPROBS}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
 
     @property
     def mode(self) -> str:
@@ -215,8 +280,10 @@ class OpenAIModel(Model):
             return {"type": "json_object", "schema": request.schema}
         return None
 
-    async def _create(self, request: ModelRequest, mode: str):
-        kwargs: dict[str, Any] = {
+    def chat_body(self, request: ModelRequest, mode: str | None = None) -> dict[str, Any]:
+        """The chat-completions request body for `request`: what is sent online and written into batch files."""
+        mode = mode or self.mode
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(request, mode),
             "temperature": request.temperature,
@@ -224,12 +291,15 @@ class OpenAIModel(Model):
         }
         fmt = self._response_format(request, mode)
         if fmt:
-            kwargs["response_format"] = fmt
+            body["response_format"] = fmt
         if self.logprobs:
-            kwargs["logprobs"] = True
+            body["logprobs"] = True
             if mode != "prompt":  # a free-form answer can run to max_tokens; llama_cpp.server sorts its whole
-                kwargs["top_logprobs"] = TOP_LOGPROBS  # vocabulary for every token's alternatives (~0.4 s each)
-        return await self.client.chat.completions.create(**kwargs)
+                body["top_logprobs"] = TOP_LOGPROBS  # vocabulary for every token's alternatives (~0.4 s each)
+        return body
+
+    async def _create(self, request: ModelRequest, mode: str):
+        return await self.client.chat.completions.create(**self.chat_body(request, mode))
 
     async def _send(self, request: ModelRequest, mode: str):
         """One logical request with transport retries: backoff with jitter, honoring Retry-After."""
@@ -258,7 +328,8 @@ class OpenAIModel(Model):
         est_tokens = len(request.prompt) // 2 + request.max_tokens
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: _is_retryable(e) and not self._format_rejected(e, mode)),
+                retry=retry_if_exception(lambda e: isinstance(e, _Malformed)
+                                         or _is_retryable(e) and not self._format_rejected(e, mode)),
                 stop=stop,
                 wait=wait, before_sleep=before_sleep, reraise=True,
             ):
@@ -267,9 +338,13 @@ class OpenAIModel(Model):
                     self.stats["requests"] += 1
                     ok = False
                     try:
-                        resp = await self._create(request, mode)
+                        try:
+                            resp = await self._create(request, mode)
+                        except json.JSONDecodeError as err:  # a 200 whose JSON content-type body isn't JSON
+                            raise _Malformed("a body that is not valid JSON", err.doc) from None
                         ok = True
-                        return resp
+                        _check_completion(resp)
+                        return resp, attempt.retry_state.attempt_number
                     finally:
                         self.limiter.release(ok)
         except openai.APIStatusError as err:
@@ -279,7 +354,15 @@ class OpenAIModel(Model):
             if _is_retryable(err):
                 raise TransportError(f"gave up after {attempts} attempts: HTTP {err.status_code} from {self.base_url}",
                                      status=err.status_code, attempts=attempts) from err
+            if _item_specific(err):
+                raise TransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
             raise FatalTransportError(_fatal_message(err, self.base_url), status=err.status_code, attempts=attempts) from err
+        except _Malformed as err:
+            attempts = attempt.retry_state.attempt_number
+            body = redact(err.body) or ""
+            cut = f" [cut: {len(body) - RAW_BODY_CAP} more characters]" if len(body) > RAW_BODY_CAP else ""
+            raise TransportError(f"gave up after {attempts} attempts: HTTP 200 from {self.base_url} with {err.what}",
+                                 status=200, attempts=attempts, raw=body[:RAW_BODY_CAP] + cut) from None
         except openai.APIConnectionError as err:
             attempts = attempt.retry_state.attempt_number
             kind = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
@@ -297,12 +380,20 @@ class OpenAIModel(Model):
         while True:
             mode = self.modes[0]
             try:
-                resp = await self._send(request, mode)
+                resp, attempts = await self._send(request, mode)
             except _FormatRejected:
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            return self._answer(resp, mode, request)
+            answer = self._answer(resp, mode, request)
+            answer.attempts = attempts
+            return answer
+
+    def answer_from_body(self, body: dict[str, Any], mode: str | None = None) -> ModelAnswer:
+        """The answer in a chat.completion body (a batch output line's), read as an online response is."""
+        from openai.types.chat import ChatCompletion
+
+        return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
 
     def _answer(self, resp, mode: str, request: ModelRequest | None = None) -> ModelAnswer:
         choice = resp.choices[0]
@@ -318,7 +409,7 @@ class OpenAIModel(Model):
         usage = {}
         if resp.usage:
             usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
-        return ModelAnswer(text, "json", tokens, usage, mode, label_probs)
+        return ModelAnswer(text, "json", tokens, usage, mode, label_probs=label_probs)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -363,6 +454,7 @@ class LocalModel(Model):
 
     answer_format = "labels"
     scores_labels = True
+    owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
     def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         try:
@@ -413,7 +505,7 @@ class LocalModel(Model):
         top = request.labels[int(np.argmax(probs))]
         # completion_tokens: the label-trie tokens scored after the prompt (nothing is generated)
         usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["scored_tokens"]}
-        return ModelAnswer(top, "probs", None, usage, "scores", label_probs)
+        return ModelAnswer(top, "probs", None, usage, "scores", label_probs=label_probs)
 
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         return await asyncio.to_thread(self._complete_sync, request)
@@ -425,19 +517,54 @@ class LocalModel(Model):
                 self._scorer = None
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Options a labeler hands to whichever model its spec names; a model takes the ones it understands."""
+
+    base_url: str | None = None
+    structured: str = "auto"
+    timeout: float = 60.0
+    limiter: RateLimiter | None = None
+
+
+ModelFactory = Callable[[str, ModelOptions], Model]
+_REGISTRY: dict[str, tuple[ModelFactory, str]] = {}
+
+
+def register_model(kind: str, usage: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register the factory of specs `KIND` / `KIND:REST`; `usage` is how the spec is written, for messages."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[kind] = (factory, usage)
+        return factory
+
+    return add
+
+
 _LOCAL_CACHE: dict[str | None, LocalModel] = {}
 
 
-def get_model(spec: str = "local", *, base_url: str | None = None, **options: Any) -> Model:
-    """The model for a spec: `local`, `local:PATH.gguf` or `openai:NAME`."""
+@register_model("local", "local | local:PATH.gguf")
+def _local(rest: str, options: ModelOptions) -> Model:
+    path = rest or None
+    if path not in _LOCAL_CACHE:  # weights are loaded once per process
+        _LOCAL_CACHE[path] = LocalModel(path)
+    return _LOCAL_CACHE[path]
+
+
+@register_model("openai", "openai:MODEL")
+def _openai(rest: str, options: ModelOptions) -> Model:
+    if not rest:
+        raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
+    return OpenAIModel(rest, base_url=options.base_url, structured=options.structured, timeout=options.timeout,
+                       limiter=options.limiter)
+
+
+def get_model(spec: str = "local", options: ModelOptions | None = None) -> Model:
+    """The model a spec names (`local`, `local:PATH.gguf`, `openai:NAME`, or a registered kind)."""
     kind, _, rest = spec.partition(":")
-    if kind == "local":
-        path = rest or None
-        if path not in _LOCAL_CACHE:  # weights are loaded once per process
-            _LOCAL_CACHE[path] = LocalModel(path)
-        return _LOCAL_CACHE[path]
-    if kind == "openai":
-        if not rest:
-            raise ModelConfigError("openai models are named openai:MODEL, e.g. openai:gpt-4o-mini")
-        return OpenAIModel(rest, base_url=base_url, **options)
-    raise ModelConfigError(f"unknown model {spec!r}; use local, local:PATH.gguf or openai:MODEL")
+    if kind not in _REGISTRY:
+        known = " | ".join(usage for _, usage in _REGISTRY.values())
+        raise ModelConfigError(f"unknown model {spec!r}; use {known}")
+    factory, _ = _REGISTRY[kind]
+    return factory(rest, options or ModelOptions())

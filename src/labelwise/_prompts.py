@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import PromptError
-from ._io import parse_yaml
+from ._io import bundled, parse_yaml
 from ._taxonomy import Taxonomy
 
-__all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER"]
+__all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER", "EXAMPLE_MAX_CHARS"]
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+PROMPTS_DIR = bundled("labelwise.prompts")
 LABEL_JOINER = "、"
+EXAMPLE_MAX_CHARS = 2000  # an example text longer than this is cut (with "…"): one huge text must not fill every prompt
 _FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "batch_completion",
            "json_instruction"}
 _DEFAULT_JSON_INSTRUCTION = '只输出一个JSON对象，格式为 {{"labels": ["类别", ...]}}，类别必须取自上面的类别列表。'
@@ -93,7 +94,8 @@ class PromptSpec:
         parts = [self._fill("prefix", ctx)]
         if self.example:
             for ex in examples:
-                parts.append(self._fill("example", {**ctx, "text": ex["text"], "labels": LABEL_JOINER.join(ex["labels"])}))
+                text = ex["text"] if len(ex["text"]) <= EXAMPLE_MAX_CHARS else ex["text"][:EXAMPLE_MAX_CHARS] + "…"
+                parts.append(self._fill("example", {**ctx, "text": text, "labels": LABEL_JOINER.join(ex["labels"])}))
         return parts
 
     def render(self, text: str, taxonomy: Taxonomy, examples: list[dict[str, Any]], *, json_answer: bool = False) -> Rendered:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._corpus import item_id, load_corpus
 from ._exceptions import CorpusError
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv
 
 __all__ = ["Joined", "load_labels", "join", "agree", "write_run_outputs", "agreement_table", "HEADLINE"]
 
@@ -41,7 +41,11 @@ class Joined:
 def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
     """Labels per item id from a predictions.jsonl (ordered, with status) or any corpus file the core reads."""
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if path.is_dir():
+        raise CorpusError("is a directory, not a labels file", path=path)
+    if path.suffix == ".csv" and _csv_columns(path) >= _OWN_LABELS_CSV:
+        return _read_own_labels_csv(path)
+    if path.suffix == ".jsonl" and path.exists():
         rows = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
@@ -58,8 +62,42 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
                 out.setdefault(iid, {"text": r["text"], "labels": list(r["labels"]), "status": r.get("status", "ok"),
                                      "confidence": r.get("confidence")})
             return out
-    corpus = load_corpus(path)
+    corpus = load_corpus(path, require_labels=True)  # a file without labels must not be scored as all-empty
     return {it.id: {"text": it.text, "labels": list(it.labels), "status": "ok", "confidence": None} for it in corpus}
+
+
+_OWN_LABELS_CSV = {"id", "text", "new_labels", "status"}  # the columns that make a CSV labelwise's labels.csv
+
+
+def _csv_columns(path: Path) -> set[str]:
+    """The header fields of a CSV file (empty when it can't be read as one)."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return set(next(csv.reader(f), []))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
+def _read_own_labels_csv(path: Path) -> dict[str, dict[str, Any]]:
+    """A run's labels.csv: the model's labels are its `new_labels` column (`|`-joined); failed rows stay failed."""
+    import pandas as pd
+
+    from ._corpus import LABEL_SEP
+
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig").map(spreadsheet_value)
+    out: dict[str, dict[str, Any]] = {}
+    for n, r in enumerate(df.to_dict("records"), 2):
+        text = r["text"]
+        iid = r["id"] or item_id(text)
+        labels = [x for x in r["new_labels"].split(LABEL_SEP) if x]
+        if r["status"] == "ok" and not labels:
+            raise CorpusError("an ok row without new_labels", path=path, line=n, column="new_labels")
+        conf = r.get("confidence")
+        out.setdefault(iid, {"text": text, "labels": labels, "status": r["status"] or "ok",
+                             "confidence": float(conf) if conf else None})
+    return out
 
 
 def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Joined:
@@ -84,14 +122,14 @@ def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Jo
 def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = None, *, plot: str | Path | None = None,
           n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Score predictions (and optionally a second set, paired) against gold; the `labelwise agree` result."""
-    from ._metrics import compare, confusion, score
+    from ._metrics import compare, confusion, score, scored_labels
 
     gold = load_labels(gold_path)
     pred = load_labels(pred_path)
     j = join(gold, pred)
     if not j.ids:
         raise CorpusError("no item is both in the gold file and (not failed) in the predictions", path=pred_path)
-    labels = sorted({lab for row in j.gold + j.pred for lab in row})
+    labels = scored_labels(j.gold, j.pred)
     result: dict[str, Any] = {"counts": j.counts(), **score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed).model_dump()}
     if vs is not None:
         other = load_labels(vs)
@@ -99,7 +137,7 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
         if not both:
             raise CorpusError("no scored item of the first predictions is (not failed) in the second", path=vs)
         g = [j.gold[i] for i in both]
-        labels2 = sorted(set(labels) | {lab for i in both for lab in other[j.ids[i]]["labels"]})
+        labels2 = scored_labels(j.gold, j.pred, [other[j.ids[i]]["labels"] for i in both])
         cmp = compare(g, [j.pred[i] for i in both], [other[j.ids[i]]["labels"] for i in both], labels2, n_boot=n_boot, seed=seed)
         result["vs"] = {"path": str(vs), "items_compared": len(both), **cmp.model_dump()}
     if plot is not None:
@@ -128,15 +166,11 @@ def agreement_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _csv(df) -> bytes:
-    return df.to_csv(index=False).encode("utf-8-sig")  # BOM so spreadsheet apps read the Chinese text right
-
-
-def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, Any]:
+def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """labels.csv, disagreements.csv, report.json and report.html for a finished run."""
     import pandas as pd
 
-    from ._metrics import confusion, score
+    from ._metrics import confusion, score, scored_labels
 
     table = pd.DataFrame([{
         "id": r["id"], "text": r["text"],
@@ -146,9 +180,11 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], labels: tuple[s
         "exact": set(r["labels"]) == set(r["gold"]) if r.get("gold") is not None and r["status"] == "ok" else None,
         "error": r.get("error") or "",
     } for r in rows], columns=["id", "text", "existing_labels", "new_labels", "confidence", "status", "agrees", "exact", "error"])
-    atomic_write_bytes(run_dir / "labels.csv", _csv(table))
-    dis = table[table["agrees"] == False].sort_values("confidence", ascending=False, na_position="last")  # noqa: E712
-    atomic_write_bytes(run_dir / "disagreements.csv", _csv(dis))
+    write_spreadsheet_csv(run_dir / "labels.csv", table)
+    # surest first; a stable sort keeps ties (equal or no confidence) in input order, so the file is reproducible
+    dis = table[table["agrees"] == False].sort_values(  # noqa: E712
+        "confidence", ascending=False, na_position="last", kind="stable")
+    write_spreadsheet_csv(run_dir / "disagreements.csv", dis)
 
     scored = [r for r in rows if r["status"] == "ok" and r.get("gold")]
     counts = {"predictions": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
@@ -159,7 +195,7 @@ def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], labels: tuple[s
     if scored:
         gold = [r["gold"] for r in scored]
         pred = [r["labels"] for r in scored]
-        all_labels = sorted(set(labels) | {lab for g in gold for lab in g})
+        all_labels = scored_labels(gold, pred)
         metrics = score(gold, pred, all_labels).model_dump()
         from ._plots import plot_confusion
 

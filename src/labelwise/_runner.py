@@ -13,24 +13,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._corpus import Corpus, load_corpus
-from ._exceptions import RunError
+from ._batch import BatchConfig, batchable
+from ._exceptions import FatalTransportError, RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
 from ._labeler import Labeler, LabelerConfig
+from ._prices import cost_of, estimate_tokens, load_prices
+from ._progress import Progress
+from ._prompts import EXAMPLE_MAX_CHARS
+from ._redact import redact
 from ._schema import Prediction
 
-__all__ = ["RelabelConfig", "relabel", "arelabel", "PRICES", "estimate_tokens", "select_items"]
+__all__ = ["RelabelConfig", "relabel", "arelabel", "select_items"]
 
-# USD per 1M tokens (input, output); `--prices FILE` overrides or extends.
-PRICES: dict[str, tuple[float, float]] = {
-    "local": (0.0, 0.0),
-    "openai:gpt-4o-mini": (0.15, 0.60),
-    "openai:gpt-4o": (2.50, 10.00),
-    "openai:gpt-4.1-mini": (0.40, 1.60),
-    "openai:gpt-4.1-nano": (0.10, 0.40),
-    "openai:deepseek-chat": (0.27, 1.10),
-    "openai:qwen-plus": (0.40, 1.20),
-    "openai:qwen-turbo": (0.05, 0.20),
-}
 _OPERATIONAL = {"concurrency", "rpm", "tpm", "cache", "cache_dir", "timeout"}
 
 
@@ -49,6 +43,9 @@ class RelabelConfig(BaseModel):
     seed: int = 0
     force: bool = False
     prices: str | None = None
+    header: bool | None = None  # TSV: None = detect a `label<TAB>text` header line
+    encoding: str | None = None  # None = UTF-8, or GB18030 when the file plainly is not UTF-8 (a guess; warned)
+    batch: BatchConfig | None = None  # through batch files (Batch API, or export / import) instead of online calls
     labeler: LabelerConfig = Field(default_factory=LabelerConfig)
 
 
@@ -58,12 +55,6 @@ def _sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count: about one token per CJK character, four other characters per token."""
-    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef")
-    return cjk + (len(text) - cjk) // 4 + 1
 
 
 def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: int) -> list:
@@ -76,64 +67,6 @@ def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: in
     return items
 
 
-def load_prices(path: str | None) -> dict[str, tuple[float, float]]:
-    """The price table, with a user's YAML file (`model: {input: .., output: ..}` per 1M tokens) on top."""
-    prices = dict(PRICES)
-    if path:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        for name, p in data.items():
-            prices[name] = (float(p["input"]), float(p["output"]))
-    return prices
-
-
-def cost_of(usage: dict[str, int], model: str, prices: dict[str, tuple[float, float]]) -> float | None:
-    """USD for the tokens used, or None when the model has no price."""
-    price = prices.get(model) or (prices["local"] if model.startswith("local") else None)
-    if price is None:
-        return None
-    return usage.get("prompt_tokens", 0) / 1e6 * price[0] + usage.get("completion_tokens", 0) / 1e6 * price[1]
-
-
-class Progress:
-    """A rich progress bar with rate, ETA, failures, tokens and cost; silent when not on a terminal."""
-
-    def __init__(self, total: int, done: int, enabled: bool, title: str = "relabel") -> None:
-        self.enabled = enabled
-        self.failed = 0
-        self.tokens = 0
-        self.cost = 0.0
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f}/s"), TimeRemainingColumn(),
-            TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]:,}  ${task.fields[cost]:.4f}"),
-            transient=False, stderr=True,
-        )
-        self.start = time.monotonic()
-        self.done0 = done
-        self.task = self.bar.add_task(title, total=total, completed=done, rate=0.0, failed=0, tokens=0, cost=0.0)
-        self.bar.start()
-
-    def update(self, pred: Prediction, cost: float | None) -> None:
-        self.failed += pred.status == "failed"
-        if not pred.cached:
-            self.tokens += sum(pred.usage.values())
-            self.cost += cost or 0.0
-        if self.enabled:
-            t = self.bar.tasks[0]
-            rate = (t.completed + 1 - self.done0) / max(1e-6, time.monotonic() - self.start)
-            self.bar.update(self.task, advance=1, rate=rate, failed=self.failed, tokens=self.tokens, cost=self.cost)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
-
-
 def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[str, Any]:
     """What a run's answers depend on; resuming with anything else mixes answers, so it is refused."""
     settings = cfg.labeler.model_dump(exclude=_OPERATIONAL)
@@ -141,7 +74,23 @@ def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[
         "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col, "skip_bad": cfg.skip_bad,
         "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
         "prompt": labeler.prompt.ref, "model": labeler.model.name, "settings": settings,
+        # only when set, so run directories made before these options existed still resume
+        **{k: v for k, v in (("header", cfg.header), ("encoding", cfg.encoding)) if v is not None},
     }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Each setting that differs, as `name: old -> new` (nested settings by dotted name)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> None:
@@ -153,12 +102,12 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> No
     old = json.loads(state.read_text(encoding="utf-8")).get("fingerprint", {})
     if old == fingerprint:
         return
-    diffs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    diffs = _differences(old, fingerprint)
     if not force:
-        raise RunError(f"{run_dir} holds a run with other settings ({', '.join(diffs)} differ); "
+        raise RunError(f"{run_dir} holds a run whose settings differ ({'; '.join(diffs)}); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for name in ("predictions.jsonl", "run.json"):
+    for name in ("predictions.jsonl", "run.json", "batch"):  # batch: requests planned under the old settings
         p = run_dir / name
         if p.exists():
             p.rename(run_dir / f"{name}.replaced-{stamp}")
@@ -181,7 +130,8 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     """Relabel a dataset into cfg.out; resumable; returns the run summary (or the dry-run estimate)."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad)
+    corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad,
+                         header=cfg.header, encoding=cfg.encoding)
     items = select_items(corpus, cfg.limit, cfg.sample, cfg.seed)
     lcfg = cfg.labeler
     pool = lcfg.examples
@@ -194,20 +144,76 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     prices = load_prices(cfg.prices)
     if dry_run:
         return _dry_run(cfg, corpus, items, labeler, prices)
+    if cfg.batch is not None and (cfg.batch.mode == "export" or not batchable(labeler.model)):
+        from ._batch import aexport, chat_model
+
+        try:
+            chat_model(labeler.model)  # a clear error before the run directory is touched
+            return await aexport(cfg.batch, labeler, items)
+        finally:
+            await labeler.aclose()
 
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _lock_run_dir(run_dir)
+    except BaseException:
+        await labeler.aclose()
+        raise
+    try:
+        return await _run(cfg, run_dir, corpus, items, labeler, prices, started, t0, progress)
+    finally:
+        lock.release()
+
+
+def _lock_run_dir(run_dir: Path):
+    """Create and hold the run directory for this process; a second run on it is refused, naming the holder's PID."""
+    import os
+
+    from filelock import FileLock, Timeout
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "is a file, not a directory" if run_dir.is_file() else f"can't be created ({err.strerror or err})"
+        raise RunError(f"--out {run_dir} {what}; give a directory path") from None
+    lock = FileLock(run_dir / ".lock", timeout=0)
+    pid_file = run_dir / ".lock.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = pid_file.read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise RunError(f"{run_dir} is in use by another labelwise run (PID {holder}); wait for it to finish "
+                       "or give another --out") from None
+    atomic_write_json(pid_file, os.getpid())
+    return lock
+
+
+async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,
+               started: datetime, t0: float, progress: bool | None) -> dict[str, Any]:
+    """The run itself, with the run directory locked: resume, label, write the review files and the manifest."""
+    lcfg = cfg.labeler
+    pool = lcfg.examples
     input_hash = _sha256(cfg.input)
     fingerprint = _fingerprint(cfg, input_hash, labeler)
-    _check_resume(run_dir, fingerprint, cfg.force)
+    try:
+        _check_resume(run_dir, fingerprint, cfg.force)
+    except RunError:
+        await labeler.aclose()
+        raise
     atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "started": started.isoformat()})
 
     pred_path = run_dir / "predictions.jsonl"
     gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
     done, redone, torn = _resume(pred_path, set(gold))
     todo = [(it.id, it.text) for it in items if it.id not in done]
-    bar = Progress(len(items), len(done), sys.stderr.isatty() if progress is None else progress)
+    tty = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(len(items), len(done), tty and cfg.batch is None)  # a batch run shows its own bar while waiting
+    batch = None
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    fatal: FatalTransportError | None = None
     try:
         with open(pred_path, "a", encoding="utf-8") as f:
             def record(pred: Prediction) -> None:
@@ -218,7 +224,16 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
                         usage[k] += pred.usage.get(k, 0)
                 bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))
 
-            await labeler.alabel_items(todo, on_result=record, collect=False)
+            try:
+                if cfg.batch is not None:
+                    from ._batch import arun_batch
+
+                    batch = await arun_batch(cfg.batch, labeler, todo, run_dir, record, prices, progress=tty,
+                                             known={it.id: it.text for it in items})
+                else:
+                    await labeler.alabel_items(todo, on_result=record, collect=False)
+            except FatalTransportError as err:  # no new request was sent after it; answers received are written
+                fatal = err
     finally:
         bar.close()
         await labeler.aclose()
@@ -228,39 +243,47 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     rows, _ = read_jsonl_repairing(pred_path)
     order = {it.id: n for n, it in enumerate(items)}
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
-    summary = write_run_outputs(run_dir, rows, labeler.taxonomy.labels)
+    summary = write_run_outputs(run_dir, rows)
     finished = datetime.now(timezone.utc)
     from . import __version__
 
     manifest = {
         "tool": f"labelwise {__version__}",
-        "command": " ".join(sys.argv),
+        "command": redact(" ".join(sys.argv)),
         "input": {"path": str(cfg.input), "sha256": input_hash, "rows": corpus.rows, "unique_texts": len(corpus),
                   "labeled": corpus.labeled, "encoding": corpus.encoding,
+                  "encoding_guessed": corpus.encoding_guessed, "header_line_skipped": corpus.header_skipped,
                   "skipped_lines": [{"line": s.line, "reason": s.reason} for s in corpus.skipped]},
         "examples": {"path": str(pool) if pool else "input (leave-one-out)",
-                     "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or [])},
-        "model": labeler.model.name, "base_url": getattr(labeler.model, "base_url", None),
-        "structured_mode": getattr(labeler.model, "mode", "grammar"),
+                     "sha256": _sha256(pool) if pool else input_hash, "pool_size": len(labeler.pool or []),
+                     "max_chars": EXAMPLE_MAX_CHARS,
+                     "texts_cut_to_max_chars": sum(len(it.text) > EXAMPLE_MAX_CHARS for it in labeler.pool or [])},
+        **labeler.model.describe(),
         "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
         "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
         "counts": {"selected": len(items), "resumed": len(done), "redone_or_deduplicated_lines": redone,
-                   "torn_bytes_repaired": torn, "labeled_now": len(todo), **summary["counts"]},
-        "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices),
+                   "torn_bytes_repaired": torn, "labeled_now": len(rows) - len(done), **summary["counts"]},
+        "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices) if batch is None
+        else _sum(batch["cost_usd"], batch["online_reask_cost_usd"]), "batch": batch,
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
-        "transport": getattr(labeler.model, "stats", None),
         "started": started.isoformat(), "finished": finished.isoformat(), "seconds": round(time.monotonic() - t0, 3),
+        "stopped_by": str(fatal) if fatal else None,
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
-    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"]}
+    if fatal is not None:
+        raise FatalTransportError(f"{fatal} -- run stopped: no new requests were sent after it; "
+                                  f"{manifest['counts']['ok']} answers received were written to {run_dir}",
+                                  status=fatal.status, attempts=fatal.attempts) from fatal
+    first_error = next((r.get("error") for r in rows if r["status"] == "failed"), None)
+    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"], "first_error": first_error}
 
 
 def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, prices) -> dict[str, Any]:
     """Count, one rendered prompt, and a token and cost estimate; no model call."""
     if not items:
         raise RunError("nothing to label")
-    size = labeler.config.items_per_request
+    size = labeler.items_per_request  # 1 for a label-scoring model, whatever was asked
     probe = items[: min(len(items), 50)]
     prompt_tokens = [estimate_tokens(labeler.render(it.text, id=it.id).text) for it in probe]
     per_request = sum(prompt_tokens) / len(prompt_tokens)
@@ -270,9 +293,15 @@ def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, 
     return {
         "unique_texts": len(corpus), "to_label": len(items), "requests": requests,
         "example_prompt": labeler.render(items[0].text, id=items[0].id).text,
-        "estimated_tokens": est, "estimated_cost_usd": cost_of(est, labeler.model.name, prices),
+        "estimated_tokens": est, "estimated_cost_usd": cost_of(est, labeler.model.name, prices, batch=cfg.batch is not None),
+        "estimated_online_cost_usd": cost_of(est, labeler.model.name, prices),
+        "estimated_batch_cost_usd": cost_of(est, labeler.model.name, prices, batch=True),
         "model": labeler.model.name, "prompt": labeler.prompt.ref,
     }
+
+
+def _sum(*costs: float | None) -> float | None:
+    return None if any(c is None for c in costs) else sum(costs)  # type: ignore[arg-type]
 
 
 def relabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:

@@ -11,8 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from ._prompts import LABEL_JOINER
+from ._redact import redact
 
-__all__ = ["Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence",
+RAW_CAP = 20_000  # characters of a raw answer kept in a prediction; the rest is cut, and the cut is said
+
+__all__ = ["RAW_CAP", "Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence",
            "labels_from_probs", "label_probs_from_logprobs"]
 
 
@@ -36,6 +39,15 @@ class Prediction(BaseModel):
     usage: dict[str, int] = Field(default_factory=dict)
     cached: bool = False
     raw: str | None = None
+
+    @field_validator("error", "raw")
+    @classmethod
+    def _safe_to_store(cls, value: str | None, info) -> str | None:
+        """No secret is ever recorded (a server may echo the key); a huge raw answer is cut, saying so."""
+        value = redact(value)
+        if info.field_name == "raw" and value is not None and len(value) > RAW_CAP and "[cut: " not in value[RAW_CAP:]:
+            value = value[:RAW_CAP] + f" [cut: {len(value) - RAW_CAP} more characters]"
+        return value
 
 
 def _dedupe(labels: list[str]) -> list[str]:
@@ -86,10 +98,13 @@ def _load_json(text: str) -> Any:
     end = s.rfind("}")
     if start < 0 or end < start:
         raise ValueError(f"not a JSON object: {text[:80]!r}")
+    obj = s[start:end + 1]
     try:
-        return json.loads(s[start:end + 1])
+        return json.loads(obj)
     except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+        pos = max(0, text.find(obj)) + e.pos  # where in the answer itself, not in the object cut out of it
+        line, col = text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+        raise ValueError(f"invalid JSON: {e.msg} at line {line}, column {col} of the answer") from None
 
 
 def parse_answer(text: str, fmt: str, labels: tuple[str, ...], multi_label: bool, max_labels: int) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from enum import IntEnum
 from pathlib import Path
 from typing import Optional
 
@@ -21,23 +23,43 @@ PromptOpt = typer.Option("fewshot", "--prompt", help="prompt name under prompts/
 MultiOpt = typer.Option(True, "--multi-label/--single-label", help="allow several labels per text")
 NoCacheOpt = typer.Option(False, "--no-cache", help="neither read nor write the response cache")
 StructuredOpt = typer.Option("auto", "--structured", help="auto | json_schema | json_object | prompt (openai models)")
+TimeoutOpt = typer.Option(60.0, "--timeout", min=0.1, help="seconds to wait for one answer before retrying (openai models)")
+
+
+class ExitCode(IntEnum):
+    """What `labelwise` exits with (listed in the README)."""
+
+    OK = 0
+    BELOW_GATE = 1  # eval: a --fail-under gate failed
+    BAD_INPUT = 2  # bad arguments, input file, settings or run directory (also: run directory in use)
+    FATAL = 3  # the server refused in a way no retry fixes (auth, permission, not found, quota): the run stopped
+    ALL_FAILED = 4  # a run ended with every text failed
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 @app.callback()
 def _root() -> None:
     """Label texts with an LLM against a fixed taxonomy; relabel datasets; score agreement; evaluate prompts."""
+    warnings.showwarning = _show_warning  # one line on stderr, not a source location
 
 
 def _fail(err: Exception) -> None:
+    from ._exceptions import FatalTransportError
+
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(ExitCode.FATAL if isinstance(err, FatalTransportError) else ExitCode.BAD_INPUT)
 
 
-def _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured) -> dict:
+def _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
+                     timeout) -> dict:
     from ._labeler import DEFAULT_CORPUS
 
     return dict(model=model, base_url=base_url, examples=examples or DEFAULT_CORPUS, taxonomy=taxonomy, shots=shots,
-                strategy=strategy, prompt=prompt, multi_label=multi_label, cache=not no_cache, structured=structured)
+                strategy=strategy, prompt=prompt, multi_label=multi_label, cache=not no_cache, structured=structured,
+                timeout=timeout)
 
 
 @app.command()
@@ -53,6 +75,7 @@ def label(
     multi_label: bool = MultiOpt,
     no_cache: bool = NoCacheOpt,
     structured: str = StructuredOpt,
+    timeout: float = TimeoutOpt,
 ) -> None:
     """Label texts; print one JSON object per text."""
     from ._exceptions import LabelwiseError
@@ -60,7 +83,8 @@ def label(
 
     if texts == ["-"]:
         texts = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured)
+    opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
+                            timeout)
     try:
         with Labeler(opts.pop("model"), examples=opts.pop("examples"), taxonomy=opts.pop("taxonomy"),
                      prompt=opts.pop("prompt"), **opts) as labeler:
@@ -85,6 +109,9 @@ def relabel(
     text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip malformed input lines (reported) instead of stopping"),
+    header: Optional[bool] = typer.Option(None, "--header/--no-header",
+                                          help="TSV: the first line is (not) a header; default: detected"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="input encoding; default: UTF-8, or GB18030 (guessed)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="label only the first N unique texts"),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="label a seeded random sample of N unique texts"),
     seed: int = typer.Option(0, "--seed"),
@@ -97,23 +124,48 @@ def relabel(
     force: bool = typer.Option(False, "--force", help="start over in a run directory made with other settings"),
     no_cache: bool = NoCacheOpt,
     structured: str = StructuredOpt,
+    timeout: float = TimeoutOpt,
+    batch: bool = typer.Option(False, "--batch", help="submit through the Batch API (half price, within 24 h); resumable"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="with --batch: submit and return; run again to collect"),
+    batch_reask: bool = typer.Option(False, "--batch-reask", help="with --batch: re-ask invalid answers in a follow-up batch, not online"),
+    batch_poll: float = typer.Option(5.0, "--batch-poll", min=0.01, help="first poll interval in seconds (grows to 60)"),
+    batch_export: Optional[Path] = typer.Option(None, "--batch-export", help="write the batch request file (e.g. for vllm run-batch); call nothing"),
+    batch_import: Optional[Path] = typer.Option(None, "--batch-import", help="read batch results (OpenAI or vllm run-batch output) into the run"),
 ) -> None:
     """Relabel a dataset; write predictions, labels.csv, disagreements.csv, report.json/html, manifest.json."""
     from ._exceptions import LabelwiseError
     from ._labeler import LabelerConfig
     from ._report import agreement_table
+    from ._batch import BatchConfig
     from ._runner import RelabelConfig, relabel as run
 
+    bcfg = None
     try:
+        modes = [m for m, on in (("api", batch), ("export", batch_export), ("import", batch_import)) if on]
+        if len(modes) > 1:
+            raise ValueError("use one of --batch, --batch-export, --batch-import")
+        bcfg = BatchConfig(mode=modes[0], path=str(batch_export or batch_import or "") or None, wait=not no_wait,
+                           reask="batch" if batch_reask else "online", poll_s=batch_poll) if modes else None
         lcfg = LabelerConfig(model=model, base_url=base_url, examples=str(examples) if examples else None,
                              taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
                              multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                             items_per_request=items_per_request, cache=not no_cache, structured=structured)
+                             items_per_request=items_per_request, cache=not no_cache, structured=structured, timeout=timeout)
         cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, skip_bad=skip_bad, limit=limit,
-                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg)
+                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg,
+                            header=header, encoding=encoding, batch=bcfg)
         result = run(cfg, dry_run=dry_run)
     except (LabelwiseError, ValueError) as err:
         _fail(err)
+    except KeyboardInterrupt:
+        if bcfg is None or bcfg.mode != "api":
+            raise
+        typer.echo(f"interrupted: submitted batches keep running; run the same command again to collect them "
+                   f"(labelwise batch status {out})", err=True)
+        raise typer.Exit(130)
+    if "exported" in result:
+        typer.echo(f"wrote {result['requests']:,} requests for {result['items']:,} texts to {result['exported']} "
+                   f"({result['already_cached']:,} already answered); nothing was called")
+        return
     if dry_run:
         typer.echo(f"unique texts: {result['unique_texts']}, to label: {result['to_label']}, requests: {result['requests']}")
         typer.echo(f"model: {result['model']}, prompt: {result['prompt']}")
@@ -121,7 +173,10 @@ def relabel(
         est = result["estimated_tokens"]
         cost = result["estimated_cost_usd"]
         typer.echo(f"estimated tokens: prompt {est['prompt_tokens']:,}, completion {est['completion_tokens']:,}; "
-                   f"cost: {'unknown (no price for this model; see --prices)' if cost is None else f'${cost:.4f}'}")
+                   f"cost: {'unknown (no price for this model; see --prices)' if cost is None else f'${cost:.4f}'}"
+                   + (" at batch prices" if batch and cost is not None else ""))
+        if batch and cost is not None:
+            typer.echo(f"online: ${result['estimated_online_cost_usd']:.4f}, batch: ${result['estimated_batch_cost_usd']:.4f}")
         return
     m = result["manifest"]
     c = m["counts"]
@@ -131,11 +186,26 @@ def relabel(
         typer.echo(f"skipped {len(skipped)} malformed input lines (--skip-bad): lines {shown}; see manifest.json", err=True)
     typer.echo(f"run: {result['run_dir']}  ({c['selected']} texts: {c['resumed']} resumed, {c['labeled_now']} labeled now, "
                f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
+    if m.get("batch"):
+        b = m["batch"]
+        cost = "cost unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f} at batch prices"
+        done = (f"{len(b['batches'])} batches, {b['requests_submitted']:,} requests" if b["mode"] == "api" else
+                f"{b['lines']:,} result lines ({b['lines_already_done']:,} already done, "
+                f"{b['lines_not_in_this_run']:,} not for this input)")
+        typer.echo(f"batch: {done}, tokens {sum(b['tokens'].values()):,}, {cost}", err=True)
+        for note in b.get("notes", []):
+            typer.echo(note, err=True)
+        if b.get("pending_batches"):
+            typer.echo(f"{b['pending_batches']} batches still running; run the same command again to collect them "
+                       f"(labelwise batch status {out})", err=True)
     if result["metrics"]:
         typer.echo(agreement_table({**result["metrics"], "counts": None}))
     typer.echo(f"review: {result['run_dir']}/disagreements.csv, {result['run_dir']}/report.html")
     if c["failed"]:
         typer.echo(f"{c['failed']} texts failed; run the same command again to retry them", err=True)
+    if c["predictions"] and not c["ok"]:
+        typer.echo(f"error: every text failed; the first error: {result['first_error']}", err=True)
+        raise typer.Exit(ExitCode.ALL_FAILED)
 
 
 @app.command()
@@ -194,7 +264,140 @@ def eval_(
     if failures:
         for f in failures:
             typer.echo(f"FAIL: {f}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.BELOW_GATE)
+
+
+batch_app = typer.Typer(no_args_is_help=True, help="Batches of a relabel run made with --batch.")
+app.add_typer(batch_app, name="batch")
+
+
+def _batch_table(rows: list[dict]) -> None:
+    for r in rows:
+        typer.echo(f"#{r['n']}  {r['batch_id'] or '-'}  {r.get('status', '-')}  completed {r.get('completed')} "
+                   f"failed {r.get('failed')} of {r['requests']} requests ({r['items']} texts)  local: {r['local']}"
+                   + ("  cancel requested" if r.get("cancelled") else ""))
+
+
+@batch_app.command("status")
+def batch_status(run: Path = typer.Argument(..., help="run directory"), base_url: Optional[str] = BaseUrlOpt) -> None:
+    """Where each batch of a run stands."""
+    from ._batch import batch_status as status
+    from ._exceptions import LabelwiseError
+
+    try:
+        _batch_table(status(run, base_url))
+    except LabelwiseError as err:
+        _fail(err)
+
+
+@batch_app.command("cancel")
+def batch_cancel(run: Path = typer.Argument(..., help="run directory"), base_url: Optional[str] = BaseUrlOpt) -> None:
+    """Cancel a run's running batches; answers already made are collected by the next run of the command."""
+    from ._batch import cancel_batches
+    from ._exceptions import LabelwiseError
+
+    try:
+        _batch_table(cancel_batches(run, base_url))
+    except LabelwiseError as err:
+        _fail(err)
+
+
+review_app = typer.Typer(no_args_is_help=True, help="Review likely label errors in Label Studio and apply the corrections.")
+app.add_typer(review_app, name="review")
+LsUrlOpt = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL", help="Label Studio URL, e.g. http://localhost:8080")
+TopOpt = typer.Option(None, "--top", min=1, help="only the N likeliest errors")
+MinScoreOpt = typer.Option(None, "--min-score", min=0.0, max=1.0, help="only items with issue_score >= S")
+RunTaxonomyOpt = typer.Option(None, "--taxonomy", help="taxonomy file; default: the one the run used")
+
+
+def _review_call(fn, *args, **kwargs) -> dict:
+    from ._exceptions import LabelwiseError
+
+    try:
+        return fn(*args, **kwargs)
+    except (LabelwiseError, ValueError) as err:
+        _fail(err)
+
+
+@review_app.command("export")
+def review_export(
+    run: Path = typer.Argument(..., help="relabel run directory with label_issues.csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Label Studio import file (JSON); the config XML goes beside it"),
+    to: str = typer.Option("label-studio", "--to", help="target tool (label-studio)"),
+    top: Optional[int] = TopOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    taxonomy: Optional[Path] = RunTaxonomyOpt,
+) -> None:
+    """Write the run's likeliest label errors as Label Studio tasks, with the labeling config beside them."""
+    from ._review import export_tasks
+
+    if to != "label-studio":
+        _fail(ValueError(f"--to {to!r}: only label-studio is supported"))
+    r = _review_call(export_tasks, run, out, top=top, min_score=min_score, taxonomy=taxonomy)
+    typer.echo(f"{r['tasks']} tasks (of {r['scored']} scored items) -> {r['out']}; labeling config -> {r['config']}")
+
+
+@review_app.command("push")
+def review_push(
+    run: Path = typer.Argument(..., help="relabel run directory with label_issues.csv"),
+    url: str = LsUrlOpt,
+    project: Optional[str] = typer.Option(None, "--project", help="project title (created if missing); default: 'labelwise RUN'"),
+    top: Optional[int] = TopOpt,
+    min_score: Optional[float] = MinScoreOpt,
+    taxonomy: Optional[Path] = RunTaxonomyOpt,
+    chunk_size: int = typer.Option(500, "--chunk-size", min=1, help="tasks per import request"),
+) -> None:
+    """Import the run's tasks into a Label Studio project (key from LABEL_STUDIO_API_KEY); never imports an item twice."""
+    from ._review import push_tasks
+
+    r = _review_call(push_tasks, run, url, project, top=top, min_score=min_score, taxonomy=taxonomy, chunk_size=chunk_size)
+    typer.echo(f"project {r['project']!r} ({'created' if r['created'] else 'reused'}): {r['imported']} tasks imported, "
+               f"{r['already_there']} already there; {r['url']}")
+
+
+@review_app.command("pull")
+def review_pull(
+    url: str = LsUrlOpt,
+    project: str = typer.Option(..., "--project", help="project title"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
+) -> None:
+    """Fetch the submitted annotations of a project as corrections.jsonl."""
+    from ._review import pull_corrections
+
+    r = _review_call(pull_corrections, url, project, out)
+    typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
+
+
+@review_app.command("import")
+def review_import(
+    export: Path = typer.Argument(..., help="JSON export downloaded from the Label Studio UI"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrections JSONL"),
+) -> None:
+    """Read the submitted annotations from a Label Studio JSON export file as corrections.jsonl."""
+    from ._review import import_corrections
+
+    r = _review_call(import_corrections, export, out)
+    typer.echo(f"{r['annotated']} of {r['tasks']} tasks reviewed -> {r['out']}")
+
+
+@review_app.command("apply")
+def review_apply(
+    corpus: Path = typer.Argument(..., help="the labeled dataset the run was made from (left untouched)"),
+    corrections: Path = typer.Argument(..., help="corrections.jsonl from review pull / review import"),
+    out: Path = typer.Option(..., "--out", "-o", help="corrected dataset, in the corpus's format"),
+    log: Optional[Path] = typer.Option(None, "--log", help="change log CSV (default: OUT stem + .changes.csv)"),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="taxonomy file; default: the corpus' labels"),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="text column (CSV/JSONL/Parquet)"),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="label column (CSV/JSONL/Parquet)"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="corpus encoding; default: UTF-8, or GB18030 (guessed)"),
+) -> None:
+    """Write the corpus with the reviewed labels applied, and a change log; unreviewed items keep their labels."""
+    from ._review import apply_corrections
+
+    r = _review_call(apply_corrections, corpus, corrections, out, log=log, taxonomy=taxonomy, text_col=text_col,
+                     label_col=label_col, encoding=encoding)
+    typer.echo(f"{r['reviewed']} reviewed items: {r['changed']} changed, {r['unchanged']} confirmed; "
+               f"{r['items']} items -> {r['out']}; change log -> {r['log']}")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The bundled labeled corpus, shipped inside labelwise as package data."""

@@ -1,0 +1,1 @@
+"""Prompt templates and the policy taxonomy, shipped inside labelwise as package data."""
