@@ -326,6 +326,7 @@ class Scenario(BaseModel):
     require_api_key: str | None = None
     reject_json_schema: bool = False  # 400 on response_format json_schema (server without strict schemas)
     reject_response_format: bool = False  # 400 on any response_format
+    no_logprobs: bool = False  # ignores logprobs / top_logprobs and returns none (as many servers do)
     model: str = "fake-model"
     batch: BatchScenario = Field(default_factory=BatchScenario)
 
@@ -793,7 +794,7 @@ class FakeOpenAIServer(_BatchAPI):
             completion_tokens += max(1, len(content) // 3)
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
                                       "finish_reason": "stop", "logprobs": None}
-            if req.get("logprobs"):
+            if req.get("logprobs") and not self.scenario.no_logprobs:
                 choice["logprobs"] = {"content": _logprobs(content, int(req.get("top_logprobs") or 0)), "refusal": None}
             choices.append(choice)
         self._ids += 1

@@ -131,6 +131,8 @@ def test_cli_label_prints_one_json_object_per_text(cli, policy_labels, local_mod
         assert obj["cached"] is False
         assert obj["usage"]["prompt_tokens"] > 0
         assert 0.0 <= obj["confidence"] <= 1.0
+        assert set(obj["label_probs"]) == policy_labels
+        assert obj["confidence"] == obj["label_probs"][obj["labels"][0]] == max(obj["label_probs"].values())
 
 
 def test_cli_label_uses_the_cache_unless_told_not_to(cli, local_model, corpus, tmp_path):

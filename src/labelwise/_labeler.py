@@ -19,12 +19,17 @@ from ._io import bundled
 from ._models import REASK, Model, ModelAnswer, ModelOptions, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
-from ._schema import RAW_CAP, Prediction, answer_model, batch_answer_model, label_confidence, parse_answer, parse_batch_answer, short_error
+from ._schema import (RAW_CAP, Prediction, answer_model, batch_answer_model, label_confidence, labels_from_probs,
+                      parse_answer, parse_batch_answer, short_error)
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["Labeler", "LabelerConfig", "DEFAULT_CORPUS", "run_sync"]
 
 DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
+# Chosen on labeled data with `python -m benchmarks.threshold`: leave-one-out predictions of the embedded model
+# (fewshot, 8 similar shots) on 150 corpus texts (seed 0); 0.15 gave the best samples-F1 (0.479; 0.430 at 0.5+,
+# i.e. the top label alone) and the best micro-F1 (0.456) of the grid 0.05..0.95.
+DEFAULT_LABEL_THRESHOLD = 0.15
 T = TypeVar("T")
 
 
@@ -82,6 +87,9 @@ class LabelerConfig(BaseModel):
     prompt: str = "fewshot"
     multi_label: bool = True
     max_labels: int = Field(3, ge=1, le=10)
+    # Multi-label with a label-scoring model (local): labels other than the top one join the set at this
+    # probability. Chosen on labeled data (README, "How the threshold is chosen").
+    label_threshold: float = Field(DEFAULT_LABEL_THRESHOLD, gt=0.0, le=1.0)
     max_reasks: int = Field(2, ge=0, le=10)
     seed: int = 0
     concurrency: int = Field(8, ge=1, le=4096)
@@ -145,6 +153,9 @@ class Labeler:
         self.selector = make_selector(cfg.strategy, self.pool, self.shots, cfg.seed) if self.shots else None
         self.cache = ResponseCache(cfg.cache_dir) if cfg.cache else None
         self.json_answer = self.model.answer_format == "json"
+        # A label-scoring model answers one item per request: each item is scored on its own (its KV prefix reuse
+        # does what batching would), so items_per_request does not apply to it.
+        self.items_per_request = 1 if self.model.scores_labels else cfg.items_per_request
         self._schema = answer_model(self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
         self._settings_key = stable_hash({
             "model": self.model.identity(), "prompt": self.prompt.ref, "labels": self.taxonomy.labels,
@@ -152,7 +163,8 @@ class Labeler:
             "selector": self.selector.identity() if self.selector else None, "seed": cfg.seed,
             "multi": cfg.multi_label, "max_labels": cfg.max_labels, "temperature": cfg.temperature,
             "json": self.json_answer, "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
-            "ipr": cfg.items_per_request,
+            "ipr": self.items_per_request,
+            "threshold": cfg.label_threshold if self.model.scores_labels and cfg.multi_label else None,
         })
         self._prefetched: dict[str, list[dict[str, Any]]] = {}
         self.fatal: FatalTransportError | None = None  # the first error that stops a run (auth, quota, not found)
@@ -182,7 +194,7 @@ class Labeler:
     def _prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
         """Select examples for many items in one vectorised pass (spares for batch-mates included)."""
         if self.selector:
-            extra = self.config.items_per_request - 1
+            extra = self.items_per_request - 1
             for (iid, _), exs in zip(keys, self.selector.select_many([t for _, t in keys], self.selector.k + extra)):
                 self._prefetched[iid] = exs
 
@@ -275,7 +287,7 @@ class Labeler:
                 usage[k] += answer.usage.get(k, 0)
             raw = answer.text
             try:
-                labels = parse_answer(answer.text, answer.format, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
+                labels = self._labels_of(answer)
             except (ValidationError, ValueError) as err:
                 self.stats["reasks"] += attempt <= cfg.max_reasks
                 error = short_error(err)
@@ -286,12 +298,29 @@ class Labeler:
                     return None
                 continue
             self._remember(request, answer)
-            pred = Prediction(**base, labels=labels, confidence=label_confidence(answer.text, answer.tokens, labels[0]),
-                              attempts=sent, usage=usage, cached=all_cached)
+            pred = Prediction(**base, labels=labels, confidence=self._confidence(answer, labels[0]),
+                              label_probs=answer.label_probs, attempts=sent, usage=usage, cached=all_cached)
             self._store(pred)
             return pred
         return Prediction(**base, labels=[], status="failed", error=f"invalid answer after {cfg.max_reasks} re-asks: {error}",
                           attempts=sent, usage=usage, raw=raw)
+
+    def _labels_of(self, answer: ModelAnswer) -> list[str]:
+        """The validated label set of an answer: from its probabilities (a scoring model) or its text."""
+        cfg = self.config
+        if answer.format == "probs":
+            probs = answer.label_probs or {}
+            if set(probs) != set(self.taxonomy.labels):
+                raise ValueError(f"scores for {sorted(probs)} do not cover the taxonomy")
+            return labels_from_probs(probs, cfg.multi_label, cfg.max_labels, cfg.label_threshold)
+        return parse_answer(answer.text, answer.format, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
+
+    @staticmethod
+    def _confidence(answer: ModelAnswer, label: str) -> float | None:
+        """The probability of the top label: its entry in the label probabilities, else from its tokens' log-probs."""
+        if answer.label_probs and label in answer.label_probs:
+            return answer.label_probs[label]
+        return label_confidence(answer.text, answer.tokens, label)
 
     # ------------------------------------------------------------------ several items per request
 
@@ -432,7 +461,7 @@ class Labeler:
                 done(hit)
             else:
                 todo.append((iid, text))
-        size = self.config.items_per_request
+        size = self.items_per_request
         groups = [todo[i:i + size] for i in range(0, len(todo), size)]
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self.config.concurrency)
 

@@ -21,12 +21,14 @@ from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
 from ._redact import install_log_redaction, redact, register_secret
+from ._schema import TokenAlternatives, label_probs_from_logprobs
 
 __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
            "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
+TOP_LOGPROBS = 20  # alternatives asked for at each token of a structured answer (OpenAI's maximum): label_probs
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
 RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
@@ -49,7 +51,8 @@ class ModelRequest:
 
 @dataclass
 class ModelAnswer:
-    """What came back: raw text in `format` ("json" or "labels"), per-token log-probs when given, usage."""
+    """What came back: raw text in `format` ("json", "labels" or "probs"), per-token log-probs when given, usage,
+    and a probability for every taxonomy label when the model gives them (format "probs": the answer IS them)."""
 
     text: str
     format: str
@@ -57,14 +60,17 @@ class ModelAnswer:
     usage: dict[str, int] = field(default_factory=dict)
     mode: str = ""
     attempts: int = 1  # requests sent for this answer (transport retries included); not cached
+    label_probs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode}
+        return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode,
+                "label_probs": self.label_probs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelAnswer:
         toks = [tuple(t) for t in d["tokens"]] if d.get("tokens") is not None else None
-        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""))
+        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""),
+                   label_probs=d.get("label_probs"))
 
 
 class Model(ABC):
@@ -72,6 +78,7 @@ class Model(ABC):
 
     name: str
     answer_format: str = "json"
+    scores_labels: bool = False  # answers with a probability for every label instead of text (one item a request)
     # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
     owned: bool = True
 
@@ -195,6 +202,16 @@ def _check_completion(resp: Any) -> None:
     raise _Malformed(problem, body)
 
 
+def _alternatives(token: Any) -> TokenAlternatives:
+    """An answer token of the SDK's logprobs as bytes (exact even where a token splits a character) with its
+    log-prob and its `top_logprobs` alternatives."""
+
+    def raw(t: Any) -> bytes:
+        return bytes(t.bytes) if getattr(t, "bytes", None) else t.token.encode("utf-8")
+
+    return raw(token), float(token.logprob), [(raw(a), float(a.logprob)) for a in (token.top_logprobs or [])]
+
+
 class _FormatRejected(Exception):
     """Internal: the server does not take this response_format; the next mode is tried."""
 
@@ -238,7 +255,8 @@ class OpenAIModel(Model):
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
+        return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
+                "top_logprobs": TOP_LOGPROBS}
 
     def describe(self) -> dict[str, Any]:
         return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
@@ -276,6 +294,8 @@ class OpenAIModel(Model):
             body["response_format"] = fmt
         if self.logprobs:
             body["logprobs"] = True
+            if mode != "prompt":  # a free-form answer can run to max_tokens; llama_cpp.server sorts its whole
+                body["top_logprobs"] = TOP_LOGPROBS  # vocabulary for every token's alternatives (~0.4 s each)
         return body
 
     async def _create(self, request: ModelRequest, mode: str):
@@ -365,7 +385,7 @@ class OpenAIModel(Model):
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            answer = self._answer(resp, mode)
+            answer = self._answer(resp, mode, request)
             answer.attempts = attempts
             return answer
 
@@ -375,19 +395,21 @@ class OpenAIModel(Model):
 
         return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
 
-    def _answer(self, resp, mode: str) -> ModelAnswer:
+    def _answer(self, resp, mode: str, request: ModelRequest | None = None) -> ModelAnswer:
         choice = resp.choices[0]
         text = choice.message.content or ""
-        tokens = None
+        tokens = label_probs = None
         content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
         if content:
             tokens = [(t.token, float(t.logprob)) for t in content]
+            if request is not None and not request.batch:
+                label_probs = label_probs_from_logprobs([_alternatives(t) for t in content], request.labels)
         elif self.logprobs and choice.message.content:
             self.logprobs = False  # this server returns none (and may be much slower when asked): stop asking
         usage = {}
         if resp.usage:
             usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
-        return ModelAnswer(text, "json", tokens, usage, mode)
+        return ModelAnswer(text, "json", tokens, usage, mode, label_probs=label_probs)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -408,25 +430,6 @@ def default_gguf() -> str:
 
 
 _LOG_CALLBACK: Any = None
-_CHUNK = 128  # prompt tokens per decode batch; KV reuse is cut to a multiple of it (see _keep_aligned_prefix)
-
-
-def _keep_aligned_prefix(llm: Any, ids: list[int]) -> None:
-    """Reuse the KV cache of a shared prompt prefix only up to a chunk boundary.
-
-    llama.cpp's logits depend (slightly) on how a prompt is split into batches; reusing an arbitrary
-    prefix left by the previous call changes the split, and greedy decoding then flips on near-ties.
-    Evaluating every prompt in chunks aligned at position 0, and reusing only whole chunks, makes the
-    answer the same whatever ran before, while shared instructions are still evaluated once.
-    """
-    common = 0
-    for a, b in zip(llm._input_ids, ids):
-        if a != b:
-            break
-        common += 1
-    keep = min(common, len(ids) - 1) // _CHUNK * _CHUNK
-    if keep < llm.n_tokens:
-        llm.n_tokens = keep
 
 
 def _silence_llama_log() -> None:
@@ -442,12 +445,18 @@ def _silence_llama_log() -> None:
 
 
 class LocalModel(Model):
-    """The embedded model: llama.cpp in-process, completion-style, answers constrained to the labels by a grammar."""
+    """The embedded model: llama.cpp in-process, completion-style; it scores every taxonomy label under the prompt.
+
+    The answer is a probability for every label (format "probs"): each label's likelihood as the text that
+    follows the prompt (its tokens, then a terminator), normalised over the labels. Nothing is sampled, so no
+    answer is ever invalid, and the labeler decides the predicted set from the probabilities.
+    """
 
     answer_format = "labels"
+    scores_labels = True
     owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
-    def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0) -> None:
+    def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
@@ -460,120 +469,52 @@ class LocalModel(Model):
         self.name = "local" if path is None else f"local:{Path(self.path).name}"
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
-        self.seed = seed
-        self._llm = None
-        self._grammars: dict[Any, Any] = {}
-        self._vocabs: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        self._scorer: Any = None
         self._lock = threading.Lock()
 
     def identity(self) -> dict[str, Any]:
+        from ._scoring import CHUNK
+
         st = Path(self.path).stat()
-        return {"model": self.name, "file": Path(self.path).name, "size": st.st_size, "decode": f"greedy-grammar/chunk{_CHUNK}"}
+        return {"model": self.name, "file": Path(self.path).name, "size": st.st_size, "decode": f"label-scores/chunk{CHUNK}"}
 
-    def _load(self):
-        if self._llm is None:
-            from llama_cpp import Llama
+    def scorer(self):
+        """The llama.cpp label scorer (weights loaded on first use, once per model)."""
+        with self._lock:
+            if self._scorer is None:
+                from ._scoring import LabelScorer
 
-            _silence_llama_log()
-
-            self._llm = Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed,
-                              n_batch=_CHUNK, n_ubatch=_CHUNK,
-                              verbose=False)
-        return self._llm
-
-    def _grammar(self, labels: tuple[str, ...], multi: bool, max_labels: int, keys: tuple[str, ...] = ()):
-        """GBNF: one label list and a newline; for a batch, one `[key] labels` line per key, in order."""
-        key = (labels, multi, max_labels, keys)
-        if key not in self._grammars:
-            from llama_cpp import LlamaGrammar
-
-            alts = " | ".join(json.dumps(lab, ensure_ascii=False) for lab in labels)
-            more = f' ("{LABEL_JOINER}" label){{0,{max_labels - 1}}}' if multi and max_labels > 1 else ""
-            root = " ".join(f'"[{k}] " labels "\\n"' for k in keys) if keys else 'labels "\\n"'
-            gbnf = f"root ::= {root}\nlabels ::= label{more}\nlabel ::= {alts}\n"
-            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
-        return self._grammars[key]
-
-    def _label_vocab(self, llm, labels: tuple[str, ...]) -> list[tuple[int, str]]:
-        """Tokens that can spell part of a label (or a separator): the support of the grammar's choices."""
-        if labels not in self._vocabs:
-            haystack = "\x00".join(labels) + "\x00" + LABEL_JOINER + "\n"
-            vocab = []
-            for i in range(llm.n_vocab()):
-                try:
-                    piece = llm.detokenize([i]).decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-                if piece and piece in haystack:
-                    vocab.append((i, piece))
-            self._vocabs[labels] = vocab
-        return self._vocabs[labels]
-
-    @staticmethod
-    def _allowed(vocab: list[tuple[int, str]], targets: list[str], partial: str) -> set[int]:
-        """Token ids that keep the current label a prefix of some label plus its separator."""
-        live = [t[len(partial):] for t in targets if t.startswith(partial)]
-        return {i for i, piece in vocab if any(rest.startswith(piece) for rest in live)}
+                _silence_llama_log()
+                self._scorer = LabelScorer(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+            return self._scorer
 
     def _complete_sync(self, request: ModelRequest) -> ModelAnswer:
-        """Greedy decoding under the label grammar; log-probs renormalised over the tokens the grammar allows."""
+        """Every label's probability after the prompt; the top label as the answer's text."""
         import numpy as np
 
-
-        prompt = request.prompt
-        for answer, correction in request.reasks:
-            prompt += answer + "\n" + correction + "\n类别："
-        budget = request.max_tokens * max(1, len(request.keys))
-        with self._lock:
-            llm = self._load()
-            grammar = self._grammar(request.labels, request.multi_label, request.max_labels, request.keys)
-            ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-            if len(ids) + budget > self.n_ctx:
-                raise ModelConfigError(f"prompt of {len(ids)} tokens does not fit the context of {self.n_ctx}; use fewer shots")
-            n_vocab = llm.n_vocab()
-            vocab = self._label_vocab(llm, request.labels)
-            ends = [LABEL_JOINER, "\n"] if request.multi_label and request.max_labels > 1 else ["\n"]
-            targets = [lab + end for lab in request.labels for end in ends]
-            pieces: list[tuple[str, float]] = []
-            pending, pending_lp, text, generated = b"", 0.0, "", 0
-            _keep_aligned_prefix(llm, ids)
-            for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, grammar=grammar):
-                if tok == llm.token_eos():
-                    break
-                logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
-                partial = text.rsplit("\n", 1)[-1].rsplit(LABEL_JOINER, 1)[-1]
-                if request.keys and partial.startswith("["):
-                    partial = partial.split("] ", 1)[-1]
-                allowed = self._allowed(vocab, targets, partial + pending.decode("utf-8", "ignore"))
-                if tok not in allowed:
-                    allowed = range(n_vocab)
-                sub = logits[list(allowed)].astype(np.float64)
-                top = sub.max()
-                pending_lp += float(logits[tok] - top - np.log(np.exp(sub - top).sum()))
-                pending += llm.detokenize([tok])
-                generated += 1
-                try:
-                    piece = pending.decode("utf-8")
-                except UnicodeDecodeError:
-                    if generated < budget:
-                        continue
-                    piece = pending.decode("utf-8", errors="replace")
-                pieces.append((piece, pending_lp))
-                text += piece
-                pending, pending_lp = b"", 0.0
-                if generated >= budget or (text.endswith("\n") and text.count("\n") >= max(1, len(request.keys))):
-                    break
-        usage = {"prompt_tokens": len(ids), "completion_tokens": generated}
-        return ModelAnswer(text, "lines" if request.keys else "labels", pieces, usage, "grammar")
+        if request.keys:
+            raise ModelConfigError("the embedded model scores one item per request (items_per_request is 1 for it)")
+        ends = (LABEL_JOINER, "\n") if request.multi_label and request.max_labels > 1 else ("\n",)
+        try:
+            logps, counts = self.scorer().score(request.prompt, request.labels, ends)
+        except ValueError as err:  # the prompt does not fit the context
+            raise ModelConfigError(str(err)) from None
+        probs = np.exp(logps - logps.max())
+        probs /= probs.sum()
+        label_probs = {lab: float(p) for lab, p in zip(request.labels, probs)}
+        top = request.labels[int(np.argmax(probs))]
+        # completion_tokens: the label-trie tokens scored after the prompt (nothing is generated)
+        usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["scored_tokens"]}
+        return ModelAnswer(top, "probs", None, usage, "scores", label_probs=label_probs)
 
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         return await asyncio.to_thread(self._complete_sync, request)
 
     async def aclose(self) -> None:
         with self._lock:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
+            if self._scorer is not None:
+                self._scorer.close()
+                self._scorer = None
 
 
 @dataclass(frozen=True)
