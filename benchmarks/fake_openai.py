@@ -326,6 +326,7 @@ class Scenario(BaseModel):
     require_api_key: str | None = None
     reject_json_schema: bool = False  # 400 on response_format json_schema (server without strict schemas)
     reject_response_format: bool = False  # 400 on any response_format
+    no_logprobs: bool = False  # ignores logprobs / top_logprobs and returns none (as many servers do)
     model: str = "fake-model"
     batch: BatchScenario = Field(default_factory=BatchScenario)
 
@@ -490,10 +491,11 @@ class _Connection(asyncio.Protocol):
         self.pending = None
         assert self.transport is not None
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        # counted before it is written: a client that has its answer finds it in the stats already
+        self.server._finish(reply, sent=True)
         self.transport.write(f"HTTP/1.1 {reply.status} {_reason(reply.status)}\r\n"
                              f"content-type: {reply.content_type}\r\ncontent-length: {len(reply.body)}\r\n{extra}\r\n"
                              .encode() + reply.body)
-        self.server._finish(reply, sent=True)
         if reply.close:
             self.transport.close()
         elif self.buf:
@@ -792,7 +794,7 @@ class FakeOpenAIServer(_BatchAPI):
             completion_tokens += max(1, len(content) // 3)
             choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": content, "refusal": None},
                                       "finish_reason": "stop", "logprobs": None}
-            if req.get("logprobs"):
+            if req.get("logprobs") and not self.scenario.no_logprobs:
                 choice["logprobs"] = {"content": _logprobs(content, int(req.get("top_logprobs") or 0)), "refusal": None}
             choices.append(choice)
         self._ids += 1

@@ -112,8 +112,11 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
 
 def signal_when(cmd: list[str], ready, log: Path, sig: int = signal.SIGKILL) -> int:
     """Start `cmd`, send it `sig` as soon as `ready()` holds (it must still be running then); its exit code."""
+    # as from a terminal: SIGINT at its default even where this process was started with it ignored (`cmd &`)
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
     with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-c", reset, *cmd], stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and not ready():

@@ -10,21 +10,20 @@ import pytest
 from labelwise import Labeler
 from labelwise._labeler import DEFAULT_LABEL_THRESHOLD
 from labelwise._models import ModelAnswer
-from labelwise._schema import labels_from_probs
+from labelwise._schema import label_probs_from_logprobs, labels_from_probs
 from labelwise._scoring import CHUNK, chunk_cuts
 
 # ------------------------------------------------------------------ no model
 
 
-def test_chunk_cuts_fall_after_the_first_and_last_blank_line_and_at_most_chunk_apart():
+def test_chunk_cuts_fall_after_the_first_blank_line_and_at_most_chunk_apart():
     pieces = [b"a"] * 10 + [b"\n\n"] + [b"b"] * (2 * CHUNK + 5) + [b"\n\n"] + [b"c"] * 7
-    n = len(pieces)
-    first, last = 11, 11 + 2 * CHUNK + 5 + 1
-    assert chunk_cuts(pieces) == [first, first + CHUNK, first + 2 * CHUNK, last, n]
+    first = 11
+    assert chunk_cuts(pieces) == [first, first + CHUNK, first + 2 * CHUNK, len(pieces)]
     assert chunk_cuts([b"x"] * (CHUNK + 1)) == [CHUNK, CHUNK + 1]
     assert chunk_cuts([b"x", b"\n\n"]) == [2]  # a blank line at the very end is not a cut of its own
-    # a prefix shares its cuts with any longer prompt up to its last blank line
-    assert chunk_cuts(pieces[:first + 3])[:1] == chunk_cuts(pieces)[:1]
+    # a prompt shares its cuts with any other that has the same instructions (up to the first blank line)
+    assert chunk_cuts(pieces[:first + 3])[0] == chunk_cuts(pieces)[0] == first
 
 
 def test_labels_from_probs_takes_the_top_label_then_those_over_the_threshold():
@@ -37,10 +36,67 @@ def test_labels_from_probs_takes_the_top_label_then_those_over_the_threshold():
 
 
 def test_model_answer_round_trips_label_probs():
-    answer = ModelAnswer("b", "probs", None, {"prompt_tokens": 3}, "scores", {"a": 0.25, "b": 0.75})
+    answer = ModelAnswer("b", "probs", None, {"prompt_tokens": 3}, "scores", label_probs={"a": 0.25, "b": 0.75})
     again = ModelAnswer.from_dict(answer.to_dict())
     assert again.label_probs == {"a": 0.25, "b": 0.75} and again.format == "probs"
     assert ModelAnswer.from_dict({"text": "x", "format": "json"}).label_probs is None
+
+
+def _tok(piece: str, lp: float, alts: list[tuple[str, float]] = ()) -> tuple[bytes, float, list[tuple[bytes, float]]]:
+    return piece.encode(), lp, [(a.encode(), x) for a, x in [(piece, lp), *alts]]
+
+
+LABELS = ("财政支持", "金融支持", "金融机构", "园区")
+
+
+def test_label_probs_from_logprobs_maps_alternatives_onto_labels():
+    tokens = [_tok('{"', -0.01), _tok("labels", -0.01), _tok('": ["', -0.01),
+              _tok("金融", -0.5, [("财政", -1.0), ("园区", -2.0), ("xyz", -3.0), ("金", -4.0)]),
+              _tok("支持", -0.2, [("机构", -1.7)]), _tok('"]}', -0.01, [("、", -2.0)])]
+    probs = label_probs_from_logprobs(tokens, LABELS)
+    e = math.exp
+    mass = {"财政支持": e(-1.0), "园区": e(-2.0),
+            "金融支持": e(-4.0) / 2 + e(-0.5) * e(-0.2),  # "金" may start either 金融 label: shared equally
+            "金融机构": e(-4.0) / 2 + e(-0.5) * e(-1.7)}  # an alternative after the chosen 金融
+    total = sum(mass.values())
+    assert list(probs) == list(LABELS)
+    for lab in LABELS:
+        assert probs[lab] == pytest.approx(mass[lab] / total)
+    assert math.isclose(sum(probs.values()), 1.0)
+
+
+def test_label_probs_from_logprobs_handles_a_token_that_straddles_the_label_start():
+    tokens = [_tok('{"labels": ["园', -0.1, [('{"labels": ["财', -1.0), ('{"labels": []', -2.0), ("园", -0.5)]),
+              _tok('区"]}', -0.01)]
+    probs = label_probs_from_logprobs(tokens, LABELS)
+    # 园 without the answer's bytes before the label cannot be a label's start here; 财 starts 财政支持 only
+    total = math.exp(-1.0) + math.exp(-0.1) * math.exp(-0.01)
+    assert probs["财政支持"] == pytest.approx(math.exp(-1.0) / total)
+    assert probs["园区"] == pytest.approx(math.exp(-0.11) / total)
+    assert probs["金融支持"] == probs["金融机构"] == 0.0
+
+
+def test_label_probs_from_logprobs_is_none_without_alternatives_or_a_labels_list():
+    assert label_probs_from_logprobs([(b'{"labels": ["', -0.1, []), (b'\xe5\x9b\xad\xe5\x8c\xba"]}', -0.1, [])],
+                                     LABELS) is None
+    assert label_probs_from_logprobs([_tok('{"items": []}', -0.1, [("x", -1.0)])], LABELS) is None
+
+
+def test_openai_label_probs_from_top_logprobs_or_null_when_the_server_gives_none(fake_server, pool):
+    with_lp = fake_server()
+    none = fake_server(no_logprobs=True)
+    for server, expect in ((with_lp, True), (none, False)):
+        labeler = Labeler("openai:fake", base_url=server.base_url, examples=pool, shots=0, cache=False)
+        pred = labeler.label(TEXTS[0])
+        labeler.close()
+        assert pred.status == "ok"
+        assert server.received[0]["logprobs"] is True and server.received[0]["top_logprobs"] == 20
+        if expect:  # the fake's alternatives spell no label: all the mass is the answer's own first label
+            assert list(pred.label_probs) == list(labeler.taxonomy.labels)
+            assert pred.label_probs[pred.labels[0]] == 1.0 == pred.confidence
+            assert sum(pred.label_probs.values()) == 1.0
+        else:
+            assert pred.label_probs is None and pred.confidence is None
 
 
 # ------------------------------------------------------------------ the real embedded model

@@ -4,6 +4,7 @@ the bundled Gemma 3 270M GGUF (started once per session by the `llama_server` fi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,6 +128,18 @@ def test_confidence_follows_what_the_real_server_returns(served):
         assert all("logprobs" not in req for req in served.sent[1:])
     else:
         assert pred.confidence is not None and 0.0 < pred.confidence <= 1.0  # from the server's token log-probs
+
+
+def test_label_probs_come_from_the_servers_top_logprobs(served):
+    """llama_cpp.server returns token log-probs only when `top_logprobs` is asked for; labelwise asks for 20 and maps
+    the alternatives at the answer's first label onto the taxonomy (README: label probabilities)."""
+    pred, labeler = served.pred, served.labeler
+    assert labeler.model.logprobs  # the server answered with logprobs (labelwise stops asking a server that does not)
+    probs = pred.label_probs
+    assert probs is not None and list(probs) == list(labeler.taxonomy.labels)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
+    assert pred.confidence == probs[pred.labels[0]] > 0.0
 
 
 def test_usage_tokens_are_recorded(served):

@@ -8,6 +8,7 @@ the answer and re-asking live in the labeler.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -20,12 +21,14 @@ from ._exceptions import FatalTransportError, ModelConfigError, TransportError
 from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
 from ._redact import install_log_redaction, redact, register_secret
+from ._schema import TokenAlternatives, label_probs_from_logprobs
 
 __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
            "STRUCTURED_MODES"]
 
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
+TOP_LOGPROBS = 20  # alternatives asked for at each token of a structured answer (OpenAI's maximum): label_probs
 REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
 RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
@@ -56,8 +59,8 @@ class ModelAnswer:
     tokens: list[tuple[str, float]] | None = None
     usage: dict[str, int] = field(default_factory=dict)
     mode: str = ""
-    label_probs: dict[str, float] | None = None
     attempts: int = 1  # requests sent for this answer (transport retries included); not cached
+    label_probs: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode,
@@ -66,7 +69,8 @@ class ModelAnswer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelAnswer:
         toks = [tuple(t) for t in d["tokens"]] if d.get("tokens") is not None else None
-        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""), d.get("label_probs"))
+        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""),
+                   label_probs=d.get("label_probs"))
 
 
 class Model(ABC):
@@ -74,9 +78,9 @@ class Model(ABC):
 
     name: str
     answer_format: str = "json"
+    scores_labels: bool = False  # answers with a probability for every label instead of text (one item a request)
     # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
     owned: bool = True
-    scores_labels: bool = False  # answers with a probability for every label instead of text (one item a request)
 
     @abstractmethod
     async def complete(self, request: ModelRequest) -> ModelAnswer:
@@ -198,6 +202,16 @@ def _check_completion(resp: Any) -> None:
     raise _Malformed(problem, body)
 
 
+def _alternatives(token: Any) -> TokenAlternatives:
+    """An answer token of the SDK's logprobs as bytes (exact even where a token splits a character) with its
+    log-prob and its `top_logprobs` alternatives."""
+
+    def raw(t: Any) -> bytes:
+        return bytes(t.bytes) if getattr(t, "bytes", None) else t.token.encode("utf-8")
+
+    return raw(token), float(token.logprob), [(raw(a), float(a.logprob)) for a in (token.top_logprobs or [])]
+
+
 class _FormatRejected(Exception):
     """Internal: the server does not take this response_format; the next mode is tried."""
 
@@ -241,7 +255,8 @@ class OpenAIModel(Model):
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.name, "base_url": self.base_url, "structured": self.structured}
+        return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
+                "top_logprobs": TOP_LOGPROBS}
 
     def describe(self) -> dict[str, Any]:
         return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
@@ -279,6 +294,8 @@ class OpenAIModel(Model):
             body["response_format"] = fmt
         if self.logprobs:
             body["logprobs"] = True
+            if mode != "prompt":  # a free-form answer can run to max_tokens; llama_cpp.server sorts its whole
+                body["top_logprobs"] = TOP_LOGPROBS  # vocabulary for every token's alternatives (~0.4 s each)
         return body
 
     async def _create(self, request: ModelRequest, mode: str):
@@ -368,7 +385,7 @@ class OpenAIModel(Model):
                 if self.modes[0] == mode:  # concurrent requests may have stepped down already
                     self.modes.pop(0)
                 continue
-            answer = self._answer(resp, mode)
+            answer = self._answer(resp, mode, request)
             answer.attempts = attempts
             return answer
 
@@ -378,19 +395,21 @@ class OpenAIModel(Model):
 
         return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
 
-    def _answer(self, resp, mode: str) -> ModelAnswer:
+    def _answer(self, resp, mode: str, request: ModelRequest | None = None) -> ModelAnswer:
         choice = resp.choices[0]
         text = choice.message.content or ""
-        tokens = None
+        tokens = label_probs = None
         content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
         if content:
             tokens = [(t.token, float(t.logprob)) for t in content]
+            if request is not None and not request.batch:
+                label_probs = label_probs_from_logprobs([_alternatives(t) for t in content], request.labels)
         elif self.logprobs and choice.message.content:
             self.logprobs = False  # this server returns none (and may be much slower when asked): stop asking
         usage = {}
         if resp.usage:
             usage = {"prompt_tokens": resp.usage.prompt_tokens or 0, "completion_tokens": resp.usage.completion_tokens or 0}
-        return ModelAnswer(text, "json", tokens, usage, mode)
+        return ModelAnswer(text, "json", tokens, usage, mode, label_probs=label_probs)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -434,8 +453,8 @@ class LocalModel(Model):
     """
 
     answer_format = "labels"
-    owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
     scores_labels = True
+    owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
     def __init__(self, path: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         try:
@@ -486,7 +505,7 @@ class LocalModel(Model):
         top = request.labels[int(np.argmax(probs))]
         # completion_tokens: the label-trie tokens scored after the prompt (nothing is generated)
         usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["scored_tokens"]}
-        return ModelAnswer(top, "probs", None, usage, "scores", label_probs)
+        return ModelAnswer(top, "probs", None, usage, "scores", label_probs=label_probs)
 
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         return await asyncio.to_thread(self._complete_sync, request)

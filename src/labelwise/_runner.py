@@ -290,7 +290,7 @@ def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, 
     """Count, one rendered prompt, and a token and cost estimate; no model call."""
     if not items:
         raise RunError("nothing to label")
-    size = labeler.config.items_per_request
+    size = labeler.items_per_request  # 1 for a label-scoring model, whatever was asked
     probe = items[: min(len(items), 50)]
     prompt_tokens = [estimate_tokens(labeler.render(it.text, id=it.id).text) for it in probe]
     per_request = sum(prompt_tokens) / len(prompt_tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from ._redact import redact
 RAW_CAP = 20_000  # characters of a raw answer kept in a prediction; the rest is cut, and the cut is said
 
 __all__ = ["RAW_CAP", "Prediction", "answer_model", "batch_answer_model", "parse_answer", "parse_batch_answer", "label_confidence",
-           "labels_from_probs"]
+           "labels_from_probs", "label_probs_from_logprobs"]
 
 
 class Prediction(BaseModel):
@@ -181,3 +182,61 @@ def labels_from_probs(probs: dict[str, float], multi_label: bool, max_labels: in
     ranked = sorted(probs, key=lambda lab: -probs[lab])  # stable: ties keep taxonomy order
     upper = max_labels if multi_label else 1
     return ranked[:1] + [lab for lab in ranked[1:upper] if probs[lab] >= threshold]
+
+
+_FIRST_LABEL = re.compile(rb'"labels"\s*:\s*\[\s*"')
+
+# One answer token with its alternatives: (bytes, logprob, [(alternative bytes, logprob), ...]).
+TokenAlternatives = tuple[bytes, float, list[tuple[bytes, float]]]
+
+
+def label_probs_from_logprobs(tokens: list[TokenAlternatives], labels: tuple[str, ...]) -> dict[str, float] | None:
+    """Every label's probability as the first label of a JSON answer, from the server's `top_logprobs`.
+
+    Walking the answer's tokens through the first label's value, each alternative token at each step is mapped
+    onto the labels it can still spell (given the answer's bytes so far): its mass (the chosen path's probability
+    up to there, times its own) goes to that label, or is shared equally by the labels it can start (a later
+    token would tell them apart, but the server only shows the alternatives of the path it took). The chosen
+    path's own label gets the product of its tokens. Alternatives that spell no label are dropped, and the result
+    is normalised over the labels: the distribution of the first label given that it is a taxonomy label. A label
+    among none of the alternatives gets 0. None when the answer has no `"labels": ["...` or the server gave no
+    alternatives at all.
+    """
+    joined = b"".join(t[0] for t in tokens)
+    m = _FIRST_LABEL.search(joined)
+    if not m:
+        return None
+    encoded = {lab: lab.encode("utf-8") for lab in labels}
+    end = joined.find(b'"', m.end())
+    chosen_label = joined[m.end():end if end >= 0 else len(joined)]
+    if not any(alts for _, _, alts in tokens):
+        return None  # the server gave no top_logprobs: nothing to say about the other labels
+    mass = dict.fromkeys(labels, 0.0)
+
+    def spell(prefix: bytes) -> list[str]:
+        """Labels that `prefix` (label bytes, maybe running into the closing quote and on) can still be."""
+        return [lab for lab, b in encoded.items() if (b + b'"').startswith(prefix) or prefix.startswith(b + b'"')]
+
+    pos, path_p, consumed = 0, 1.0, b""
+    for tok, lp, alts in tokens:
+        start, pos = pos, pos + len(tok)
+        if pos <= m.end():
+            continue
+        skip = max(0, m.end() - start)  # bytes of this token before the label's first byte
+        for alt, alt_lp in alts:
+            if alt == tok or not alt.startswith(tok[:skip]):
+                continue
+            cands = spell(consumed + alt[skip:])
+            for lab in cands:
+                mass[lab] += path_p * math.exp(alt_lp) / len(cands)
+        path_p *= math.exp(lp)
+        consumed += tok[skip:]
+        if len(consumed) >= len(chosen_label):
+            label = chosen_label.decode("utf-8", "replace")
+            if label in mass:
+                mass[label] += path_p
+            break
+    total = sum(mass.values())
+    if total <= 0.0:
+        return None
+    return {lab: mass[lab] / total for lab in labels}

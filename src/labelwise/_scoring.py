@@ -1,10 +1,10 @@
 """Scoring every taxonomy label under a prompt with llama.cpp's low-level API (the embedded model's engine).
 
-The prompt is evaluated once; then all labels are scored in ONE decode over that shared KV prefix: the labels'
-tokens form a trie, each trie node is one batch token that belongs to the sequences of every label passing
-through it, and each node returns the logits that score its children (or the terminator after a label). A
-label's log-probability is the sum of its tokens' log-probabilities plus the log of the terminator's mass, so a
-label that is a prefix of another is scored as itself, not as the start of the longer one.
+The labels' tokens form a trie; each trie node is one batch token that belongs to the sequences of every label
+passing through it, and returns the logits that score its children (or the terminator after a label). The trie
+rides in the same decode as the prompt's last chunk, whose tokens belong to every sequence: one decode scores
+all labels. A label's log-probability is the sum of its tokens' log-probabilities plus the log of the
+terminator's mass, so a label that is a prefix of another is scored as itself, not as the start of the longer one.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ __all__ = ["LabelScorer", "chunk_cuts", "CHUNK"]
 
 CHUNK = 512  # most prompt tokens per decode call (see chunk_cuts)
 N_SEQ_MAX = 64  # llama.cpp sequences per context: seq 0 holds the prompt, every other one a label
-N_BATCH = 512  # most tokens per decode call (a label trie with more nodes is scored in several decodes)
+TRIE_MAX = 512  # most label-trie nodes per decode (a larger trie is scored in several decodes)
+N_BATCH = CHUNK + TRIE_MAX  # the prompt's last chunk and the first trie in one decode
 
 
 def chunk_cuts(pieces: Sequence[bytes], chunk: int = CHUNK) -> list[int]:
     """Where a prompt's evaluation is split into decode calls (token offsets, the last one its length).
 
-    The cuts fall after the first blank line (the end of the shared instructions in every bundled prompt) and
-    after the last one (the start of the item), and at most `chunk` tokens apart in between. The KV of the
-    instructions (and, with fixed examples, of all the examples) is then reused from the previous prompt, while
-    only whole chunks are ever reused, so that every answer is the one a fresh evaluation gives (see `_eval`).
+    The cuts fall after the first blank line (the end of the shared instructions in every bundled prompt) and at
+    most `chunk` tokens apart. The KV of the instructions is then reused from the previous prompt, while only
+    whole chunks are ever reused, so that every answer is the one a fresh evaluation gives (see `_eval`). Few cuts
+    mean few decode calls, each a round of thread synchronisation that a busy machine makes expensive.
     """
-    blank = [i + 1 for i, piece in enumerate(pieces) if b"\n\n" in piece and i + 1 < len(pieces)]
-    anchors = sorted({blank[0], blank[-1]}) if blank else []
+    blank = next((i + 1 for i, piece in enumerate(pieces) if b"\n\n" in piece and i + 1 < len(pieces)), None)
     cuts, last = [], 0
-    for anchor in anchors + [len(pieces)]:
+    for anchor in ([blank] if blank else []) + [len(pieces)]:
         while anchor - last > chunk:
             last += chunk
             cuts.append(last)
@@ -88,6 +88,7 @@ class LabelScorer:
         self._kv: list[int] = []  # the tokens whose KV sequence 0 holds
         self._cuts: list[int] = []  # and where their evaluation was split
         self._lock = threading.Lock()
+        self.stats = {"prompts": 0, "prompt_tokens": 0, "evaluated_tokens": 0, "scored_tokens": 0}  # running totals
 
     # ------------------------------------------------------------------ tokens
 
@@ -152,12 +153,13 @@ class LabelScorer:
         ptr = self._lc.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
 
-    def _eval(self, ids: list[int]) -> tuple[np.ndarray, int]:
-        """Evaluate `ids` into sequence 0; the last token's logits, and how many tokens were evaluated.
+    def _eval(self, ids: list[int]) -> tuple[int, int]:
+        """Evaluate all but the last chunk of `ids` into sequence 0; where the last chunk starts, and tokens evaluated.
 
         llama.cpp's logits depend (slightly) on how a prompt is split into decode calls. The KV left by the previous
         prompt is reused only up to a cut that both prompts share, with the same cuts before it, so the result is
-        exactly what a fresh evaluation gives: the same answer whatever ran before.
+        exactly what a fresh evaluation gives: the same answer whatever ran before. The last chunk is decoded with
+        the label trie (see `score`) and never reused.
         """
         cuts = chunk_cuts([self.piece(t) for t in ids])
         common = 0
@@ -175,15 +177,15 @@ class LabelScorer:
             keep = 0
         self._kv, self._cuts = ids[:keep], [c for c in cuts if c <= keep]
         start = keep
-        for cut in cuts:
+        for cut in cuts[:-1]:
             if cut <= start:
                 continue
             n = cut - start
-            self._decode(ids[start:cut], range(start, cut), [(0,)] * n, [False] * (n - 1) + [cut == len(ids)])
+            self._decode(ids[start:cut], range(start, cut), [(0,)] * n, [False] * n)
             self._kv = ids[:cut]
             self._cuts.append(cut)
             start = cut
-        return self._logits(1)[0].astype(np.float64), len(ids) - keep
+        return start, len(ids) - keep
 
     @staticmethod
     def _trie(paths: list[list[int]], seqs: list[int]) -> tuple[_Node, list[_Node]]:
@@ -203,13 +205,13 @@ class LabelScorer:
         return root, rows
 
     def _groups(self, paths: list[list[int]]) -> list[list[int]]:
-        """Label indices in groups that fit one decode: at most N_SEQ_MAX - 1 labels and N_BATCH trie nodes."""
+        """Label indices in groups that fit one decode: at most N_SEQ_MAX - 1 labels and TRIE_MAX trie nodes."""
         order = sorted(range(len(paths)), key=lambda j: paths[j])  # neighbours share prefixes
         groups: list[list[int]] = [[]]
         prefixes: set[tuple[int, ...]] = set()
         for j in order:
             new = {tuple(paths[j][:d + 1]) for d in range(len(paths[j]))}
-            if len(groups[-1]) >= N_SEQ_MAX - 1 or len(prefixes | new) > N_BATCH:
+            if len(groups[-1]) >= N_SEQ_MAX - 1 or len(prefixes | new) > TRIE_MAX:
                 groups.append([])
                 prefixes = set()
             groups[-1].append(j)
@@ -252,31 +254,42 @@ class LabelScorer:
             ids = self.tokenize(prompt, bos=True)
             paths = self._paths(prompt.rsplit("\n", 1)[-1], tuple(labels))
             nodes = len({tuple(p[:d + 1]) for p in paths for d in range(len(p))})
-            if len(ids) + min(nodes, N_BATCH) > self.n_ctx:
+            if len(ids) + min(nodes, TRIE_MAX) > self.n_ctx:
                 raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.n_ctx}; use fewer shots")
             end_ids = self.end_tokens(ends)
-            first, evaluated = self._eval(ids)
-            first_lp = first - _logsumexp(first)
+            start, evaluated = self._eval(ids)
             out = np.zeros(len(labels))
-            scored = 0
-            n = len(ids)
+            scored, n, first_lp = 0, len(ids), None
             for group in self._groups(paths):
                 seqs = [k + 1 for k in range(len(group))]
                 root, rows = self._trie([paths[j] for j in group], seqs)
-                for s in seqs:
+                for s in seqs:  # a label's sequence sees the prompt's KV (in one buffer: only its cells are tagged)
                     self._lc.llama_memory_seq_cp(self._mem, 0, s, -1, -1)
+                # the first group shares its decode with the prompt's last chunk, whose tokens are in every sequence
+                tail = ids[start:] if first_lp is None else []
                 try:
-                    self._decode([r.token for r in rows], [n + r.depth for r in rows], [r.seqs for r in rows],
-                                 [True] * len(rows))
-                    logits = self._logits(len(rows))
+                    self._decode(tail + [r.token for r in rows],
+                                 list(range(start, n)) * bool(tail) + [n + r.depth for r in rows],
+                                 [[0, *seqs]] * len(tail) + [r.seqs for r in rows],
+                                 [False] * (len(tail) - 1) + [True] * bool(tail) + [True] * len(rows))
+                    logits = self._logits(bool(tail) + len(rows))
+                    if tail:
+                        first_lp = logits[0].astype(np.float64) - _logsumexp(logits[0])
+                        logits = logits[1:]
                     lse = _logsumexp(logits)
                     picks = self._picks(root, [paths[j] for j in group], logits, lse, end_ids)
                 finally:
                     self._lc.llama_memory_seq_keep(self._mem, 0)
+                if tail:  # the last chunk was decoded beside the trie: sequence 0 keeps it, but it is never reused
+                    self._kv = ids[:start]
                 scored += len(rows)
                 for j, (node_lps, end_lp) in zip(group, picks):
                     out[j] = first_lp[paths[j][0]] + sum(node_lps) + end_lp
-            return out, {"prompt_tokens": n, "evaluated_tokens": evaluated, "scored_tokens": scored}
+            counts = {"prompt_tokens": n, "evaluated_tokens": evaluated, "scored_tokens": scored}
+            self.stats["prompts"] += 1
+            for k, v in counts.items():
+                self.stats[k] += v
+            return out, counts
 
     def close(self) -> None:
         """Free the batch, the context and the weights."""
@@ -289,6 +302,9 @@ class LabelScorer:
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, in float64 (float32 input is summed in float64)."""
+    """log(sum(exp(x))) over the last axis as float64 (float32 arithmetic: the rows are 262K wide, and numpy's
+    pairwise summation keeps the relative error near 1e-7)."""
     top = x.max(axis=-1, keepdims=True)
-    return (top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True, dtype=np.float64))).squeeze(-1)
+    shifted = x - top
+    np.exp(shifted, out=shifted)
+    return (top.squeeze(-1).astype(np.float64) + np.log(shifted.sum(axis=-1).astype(np.float64)))
