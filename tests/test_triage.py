@@ -187,13 +187,13 @@ def test_relabel_writes_label_issues_csv(cli, corpus, tmp_path, fake_server):
     pool, labels = pool_fixture(corpus, n_per_label=6)
     path = tmp_path / "input.tsv"
     path.write_text("".join(f"{ls[0]}\t{t}\n" for _, t, ls in pool), encoding="utf-8")
-    server = fake_server()
+    server = fake_server(no_logprobs=True)  # a server that returns no log-probabilities: label_probs is null
     out = tmp_path / "run"
     result = cli("relabel", path, "--out", out, "--model", "openai:x", "--base-url", server.base_url, "--shots", "2",
                  "--triage", "llm")
     assert result.exit_code == 0, str(result)
-    assert f"{out}/label_issues.csv (ranked by corpus)" in result.stdout
-    assert "no prediction has label_probs" in result.stderr  # the fake server gives no per-label probabilities
+    assert f"{out}/label_issues.csv (ranked by corpus)" in result.stdout, result.stdout + result.stderr
+    assert "no prediction has label_probs" in result.stderr
     raw = (out / "label_issues.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     table = pd.read_csv(out / "label_issues.csv", encoding="utf-8-sig")
