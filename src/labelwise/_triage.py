@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
            "ensemble_cross_fitted", "label_quality", "calibrate_llm", "calibration_of", "ece_noise_floor", "triage",
-           "triage_run"]
+           "triage_arrays", "triage_run", "calibration_matrix"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
@@ -198,29 +199,68 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
     the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
     Beyond MAX_TRAIN training items per fold, a sample chosen by a seeded hash of the id (never the labels) trains.
     """
-    data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
-    for i, t, labs in scored:
-        data[i] = (t, labs)
-    ids = list(data)
-    fold = dict(zip(ids, fold_ids(ids, folds, seed)))
+    # The training items in first-seen order (pool, then scored items not in it), each by reference: >= 0 a scored
+    # item's index, < 0 an extra pool item; no tuple or text copy per item, so a 100k-row run stays small here.
+    n_scored = len(scored)
+    where = {scored[n][0]: n for n in range(n_scored)}
+    ids: list[str] = []
+    src = array("q")
+    extra: list[tuple[str, Sequence[str]]] = []
+    for i, t, labs in pool:
+        if not labs or i in where and where[i] < 0:
+            continue
+        n = where.get(i)
+        if n is None:
+            extra.append((t, labs))
+            where[i] = -len(extra)
+            ids.append(i)
+            src.append(-len(extra))
+        else:
+            where[i] = -(1 << 62)  # taken (the scored item's labels win)
+            ids.append(i)
+            src.append(n)
+    for n in range(n_scored):
+        i = scored[n][0]
+        if where.get(i) == n:  # a scored item not in the pool
+            ids.append(i)
+            src.append(n)
+    del where
+    source = np.frombuffer(src, dtype=np.int64) if len(src) else np.zeros(0, np.int64)
+    fold = fold_ids(ids, folds, seed)
+    at = np.empty(n_scored, dtype=np.int64)  # each scored item's place among the training items
+    at[source[source >= 0]] = np.flatnonzero(source >= 0)
+
+    def text_labels(k: int) -> tuple[str, Sequence[str]]:
+        s = int(source[k])
+        if s >= 0:
+            _, t, labs = scored[s]
+            return t, labs
+        return extra[-s - 1]
+
+    rank = None
+    if len(ids) - len(ids) // folds > MAX_TRAIN:  # a fold may train on a sample: rank every item by a seeded hash once
+        rank = np.array([int.from_bytes(hashlib.sha256(f"{seed}:train:{i}".encode()).digest()[:8], "big") for i in ids],
+                        dtype=np.uint64)
     index = {lab: j for j, lab in enumerate(labels)}
-    out = np.zeros((len(scored), len(labels)))
-    by_fold: dict[int, list[int]] = {}
-    for n, (i, _, _) in enumerate(scored):
-        by_fold.setdefault(int(fold[i]), []).append(n)
-    for f, rows in sorted(by_fold.items()):
-        train = [i for i in ids if fold[i] != f]
-        if len(train) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
-            train = sorted(train, key=lambda i: hashlib.sha256(f"{seed}:train:{i}".encode()).hexdigest())[:MAX_TRAIN]
-        texts = [data[i][0] for i in train]
-        test_texts = [scored[n][1] for n in rows]
-        model = _corpus_model(seed, len(train))
+    out = np.zeros((n_scored, len(labels)))
+    scored_fold = fold[at]
+    for f in sorted({int(x) for x in scored_fold}):
+        rows = np.flatnonzero(scored_fold == f)
+        train_k = np.flatnonzero(fold != f)
+        if len(train_k) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
+            train_k = train_k[np.argsort(rank[train_k], kind="stable")[:MAX_TRAIN]]  # type: ignore[index]
+        pairs = [text_labels(int(k)) for k in train_k]
+        texts = [t for t, _ in pairs]
+        train_labels = [labs for _, labs in pairs]
+        del pairs
+        test_texts = [scored[int(n)][1] for n in rows]
+        model = _corpus_model(seed, len(train_k))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
             warnings.filterwarnings("ignore", message="Maximum number of iteration")
             if mode == "single":
-                X = [t for t, i in zip(texts, train) for _ in data[i][1]]
-                y = [index[lab] for i in train for lab in data[i][1]]  # a multi-labeled pool item: one row per label
+                X = [t for t, labs in zip(texts, train_labels) for _ in labs]
+                y = [index[lab] for labs in train_labels for lab in labs]  # a multi-labeled pool item: one row per label
                 if len(set(y)) < 2:
                     out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
                     continue
@@ -228,7 +268,7 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
                 model.steps[0][1].stop_words_ = None  # the n-grams min_df dropped: large, and never used again
                 out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
             else:
-                model.fit(texts, binarize([data[i][1] for i in train], labels))
+                model.fit(texts, binarize(train_labels, labels))
                 model.steps[0][1].stop_words_ = None
                 out[rows] = _predict(model, test_texts)
         del model  # before the next fold's fit: two fitted models at once doubled the peak on a 100k-row run
@@ -255,40 +295,43 @@ def ensemble_cross_fitted(P_llm: np.ndarray, P_corpus: np.ndarray, Y: np.ndarray
 def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Sequence[str], mode: Mode, *,
                   chunk: int = 10_000) -> np.ndarray:
     """cleanlab's label-quality score of each item's existing labels (lower: likelier an error)."""
-    index = {lab: j for j, lab in enumerate(labels)}
-    out = np.empty(len(label_sets))
-    for a in range(0, len(label_sets), chunk):  # each item's score depends on its own row only: chunks bound memory
-        sets, rows = label_sets[a:a + chunk], np.clip(P[a:a + chunk], 0.0, 1.0)
+    return _label_quality_matrix(P, binarize(label_sets, labels), mode, chunk=chunk)
+
+
+def _label_quality_matrix(P: np.ndarray, Y: np.ndarray, mode: Mode, *, chunk: int = 10_000) -> np.ndarray:
+    """`label_quality` with the existing labels as a 0/1 matrix."""
+    out = np.empty(len(Y))
+    for a in range(0, len(Y), chunk):  # each item's score depends on its own row only: chunks bound memory
+        sets, rows = Y[a:a + chunk], np.clip(P[a:a + chunk], 0.0, 1.0)
         if mode == "single":
             from cleanlab.rank import get_label_quality_scores
 
-            out[a:a + chunk] = get_label_quality_scores(np.array([index[s[0]] for s in sets]), rows / rows.sum(1, keepdims=True))
+            out[a:a + chunk] = get_label_quality_scores(sets.argmax(1), rows / rows.sum(1, keepdims=True))
         else:
             from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
 
-            out[a:a + chunk] = multi_scores([[index[x] for x in s] for s in sets], rows, aggregator_kwargs=MULTI_AGGREGATOR)
+            out[a:a + chunk] = multi_scores([list(np.flatnonzero(s)) for s in sets], rows, aggregator_kwargs=MULTI_AGGREGATOR)
     return out
 
 
 def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[list[str]]:
     """Suggested labels: the most probable; in multi mode also the others with probability >= 0.5 (at most 3)."""
-    out = []
-    for row in P:
-        order = np.argsort(-row, kind="stable")
-        pick = [labels[order[0]]]
-        if mode == "multi":
-            pick += [labels[j] for j in order[1:max_labels] if row[j] >= 0.5]
-        out.append(pick)
-    return out
+    return [_suggest_row(row, labels, mode, max_labels) for row in P]
 
 
 def calibrate_llm(label_probs: Sequence[dict[str, float] | None], Y: np.ndarray, folds: np.ndarray, labels: Sequence[str],
                   mode: Mode) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """Cross-fitted calibrated probabilities (rows without label_probs left 0) and the calibration report, or Nones."""
-    has = np.array([p is not None for p in label_probs])
+    has = np.array([p is not None for p in label_probs], dtype=bool)
+    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [0.0] * len(labels) for p in label_probs])
+    return _calibrate_matrix(P.reshape(len(has), len(labels)), has, Y, folds, mode)
+
+
+def _calibrate_matrix(P: np.ndarray, has: np.ndarray, Y: np.ndarray, folds: np.ndarray,
+                      mode: Mode) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """`calibrate_llm` on a probability matrix (rows without label_probs are 0 and `has` False); P is not kept."""
     if not has.any():
         return None, None
-    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [0.0] * len(labels) for p in label_probs])
     if mode == "single":
         sums = P.sum(1, keepdims=True)
         P = np.divide(P, sums, out=P.copy(), where=sums > 0)
@@ -327,6 +370,15 @@ def calibration_of(label_probs: Sequence[dict[str, float] | None], gold: Sequenc
     return calibrate_llm(label_probs, binarize(gold, labels), fold_ids(ids, FOLDS, seed), labels, mode)[1]
 
 
+def calibration_matrix(P: np.ndarray, Y: np.ndarray, ids: Sequence[str], *, seed: int = 0) -> dict[str, Any] | None:
+    """`calibration_of` on arrays: label_probs P (a NaN row where absent) and existing labels Y (items x labels)."""
+    if not len(Y):
+        return None
+    mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
+    has = ~np.isnan(P).any(1)
+    return _calibrate_matrix(np.nan_to_num(P, nan=0.0), has, Y.astype(np.float64), fold_ids(ids, FOLDS, seed), mode)[1]
+
+
 @dataclass(slots=True)
 class TriageRow:
     """One scored item of label_issues.csv."""
@@ -340,23 +392,71 @@ class TriageRow:
     source: str
 
 
+class _Scored(Sequence):
+    """(id, text, existing labels) of item i, built when asked: the triage of a huge run holds no tuple per item."""
+
+    def __init__(self, ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[int], list[str]]) -> None:
+        self.ids, self.texts, self.gold_of = ids, texts, gold_of
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return (self.ids[i], self.texts[i], self.gold_of(i))
+
+
 @dataclass
 class Triage:
-    """The ranked items (likeliest error first), which source ranked, and the calibration figures."""
+    """The ranked items (likeliest error first), which source ranked, and the calibration figures.
 
-    rows: list[TriageRow]
+    Held as arrays over the scored items (`order`: likeliest error first); `rows` / `iter_rows` build TriageRows.
+    """
+
     source: str
     requested: str
     mode: Mode
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     ensemble_weights: list[float] | None = None
+    labels: list[str] = field(default_factory=list)
+    items: _Scored | None = None
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    P: np.ndarray | None = None
+    by_corpus: np.ndarray | None = None  # items ranked by the corpus although another source was asked for
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def iter_rows(self, top: int | None = None) -> Iterator[TriageRow]:
+        """The ranked rows, likeliest error first (the `top` first), built one at a time."""
+        assert self.items is not None or not len(self.order)
+        index = {lab: j for j, lab in enumerate(self.labels)}
+        for i in self.order[:top]:
+            iid, text, gold = self.items[i]  # type: ignore[index]
+            row = self.P[i]  # type: ignore[index]
+            yield TriageRow(iid, text, gold, _suggest_row(row, self.labels, self.mode), float(self.scores[i]),
+                            {lab: float(row[index[lab]]) for lab in gold},
+                            "corpus" if self.by_corpus is not None and self.by_corpus[i] else self.source)
+
+    @property
+    def rows(self) -> list[TriageRow]:
+        """Every ranked row (small runs and tests; a report streams `iter_rows`)."""
+        return list(self.iter_rows())
 
     def summary(self) -> dict[str, Any]:
         """What report.json records about the triage."""
-        return {"source": self.source, "requested": self.requested, "mode": self.mode, "items": len(self.rows),
+        return {"source": self.source, "requested": self.requested, "mode": self.mode, "items": len(self.order),
                 "folds": FOLDS, "notes": self.notes, "calibration": self.calibration,
                 "ensemble_llm_weight_per_fold": self.ensemble_weights}
+
+
+def _suggest_row(row: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[str]:
+    order = np.argsort(-row, kind="stable")
+    pick = [labels[order[0]]]
+    if mode == "multi":
+        pick += [labels[j] for j in order[1:max_labels] if row[j] >= 0.5]
+    return pick
 
 
 def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
@@ -371,51 +471,60 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
     labels = list(labels)
     items = [r for r in items if r.get("gold")]
-    if not items:
-        return Triage([], source, source, "single", ["no item has existing labels: nothing to rank"])
     gold = [list(r["gold"]) for r in items]
-    mode = mode_of(gold)
-    Y = binarize(gold, labels)
-    ids = [r["id"] for r in items]
+    probs = [r.get("label_probs") if r.get("status", "ok") == "ok" else None for r in items]
+    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [np.nan] * len(labels) for p in probs])
+    return triage_arrays([r["id"] for r in items], [r["text"] for r in items], gold.__getitem__,
+                         binarize(gold, labels), P.reshape(len(items), len(labels)), labels, pool, source, seed=seed)
+
+
+def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[int], list[str]], Y: np.ndarray,
+                  P_llm: np.ndarray, labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
+                  source: Source = "ensemble", *, seed: int = 0) -> Triage:
+    """`triage` on arrays: Y the 0/1 existing labels (items x labels, every item has one), P_llm the model's label_probs
+    (a NaN row where it gave none); texts and existing labels are looked up when needed, never copied per item."""
+    if source not in SOURCES:
+        raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
+    labels = list(labels)
+    if not len(ids):
+        return Triage(source, source, "single", ["no item has existing labels: nothing to rank"], labels=labels)
+    Y = np.asarray(Y, dtype=np.float64)
+    mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
     folds = fold_ids(ids, FOLDS, seed)
-    llm_probs = [r.get("label_probs") if r.get("status", "ok") == "ok" else None for r in items]
-    has_llm = np.array([p is not None for p in llm_probs])
+    has_llm = ~np.isnan(P_llm).any(1)
     notes: list[str] = []
     used = source
     if source in ("llm", "ensemble") and not has_llm.any():
         notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
         used = "corpus"
-    Q_llm, calibration = calibrate_llm(llm_probs, Y, folds, labels, mode)
+    Q_llm, calibration = _calibrate_matrix(np.nan_to_num(P_llm, nan=0.0), has_llm, Y, folds, mode)
+    scored = _Scored(ids, texts, gold_of)
     P_corpus = None
     if used in ("corpus", "ensemble"):
-        P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)
+        P_corpus = corpus_probabilities(scored, pool, labels, mode, seed=seed)
     weights = None
-    per_row_source = [used] * len(items)
+    by_corpus = None
     if used == "llm":
-        P = Q_llm.copy()
+        P = Q_llm
         missing = ~has_llm
         if missing.any():
-            P[missing] = corpus_probabilities([(ids[i], items[i]["text"], gold[i]) for i in np.flatnonzero(missing)], pool,
-                                              labels, mode, seed=seed)
+            rows = np.flatnonzero(missing)
+            P[missing] = corpus_probabilities([scored[i] for i in rows], pool, labels, mode, seed=seed)
             notes.append(f"{int(missing.sum())} item(s) without label_probs ranked by corpus")
-            for i in np.flatnonzero(missing):
-                per_row_source[i] = "corpus"
+            by_corpus = missing
     elif used == "corpus":
         P = P_corpus
     else:
-        P = P_corpus.copy()
+        P = P_corpus
         P[has_llm], weights = ensemble_cross_fitted(Q_llm[has_llm], P_corpus[has_llm], Y[has_llm], folds[has_llm], mode)
         if (~has_llm).any():
             notes.append(f"{int((~has_llm).sum())} item(s) without label_probs ranked by corpus alone")
-            for i in np.flatnonzero(~has_llm):
-                per_row_source[i] = "corpus"
-    quality = label_quality(P, gold, labels, mode)
-    suggested = suggest(P, labels, mode)
-    index = {lab: j for j, lab in enumerate(labels)}
-    rows = [TriageRow(ids[i], items[i]["text"], gold[i], suggested[i], float(min(1.0, max(0.0, 1.0 - quality[i]))),
-                      {lab: float(P[i, index[lab]]) for lab in gold[i]}, per_row_source[i]) for i in range(len(items))]
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i].issue_score, rows[i].id))
-    return Triage([rows[i] for i in order], used, source, mode, notes, calibration, weights)
+            by_corpus = ~has_llm
+    del Q_llm
+    quality = _label_quality_matrix(P, Y, mode)
+    scores = np.clip(1.0 - quality, 0.0, 1.0)
+    order = np.array(sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i])), dtype=np.int64)
+    return Triage(used, source, mode, notes, calibration, weights, labels, scored, order, scores, P, by_corpus)
 
 
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
