@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from ._io import append_jsonl, atomic_write_json, atomic_write_lines, iter_jsonl_lines, repair_torn_tail
 from ._schema import Prediction
 
-__all__ = ["Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path"]
+__all__ = ["Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path",
+           "sort_predictions"]
 
 # Items handed to the predictor at a time: its to-do list, batches and example prefetch hold only these, and a
 # chunk is large enough (many requests per worker) that the pause between chunks costs no throughput that shows.
@@ -148,6 +149,16 @@ async def label_into(target: str | Path, predictor: Predictor, items: Sequence[A
     return stats
 
 
+def sort_predictions(target: str | Path, ids: Sequence[str]) -> None:
+    """Rewrite a (small) predictions file in the order of `ids` (others after, in file order), if it is not already."""
+    path = predictions_path(target)
+    rank = {iid: k for k, iid in enumerate(ids)}
+    lines = [(rank.get(row.get("id"), len(rank)), n, line) for n, (_, line, row) in enumerate(iter_jsonl_lines(path))]
+    ordered = sorted(lines)
+    if [n for _, n, _ in ordered] != list(range(len(lines))):
+        atomic_write_lines(path, (line for _, _, line in ordered))
+
+
 @dataclass
 class PredictionTable:
     """A predictions.jsonl read back as arrays, rows in the order of the ids given (unknown ids last, file order).
@@ -233,9 +244,8 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
         c = row.get("confidence")
         confidence.append(float("nan") if c is None else c)
         cached.append(bool(row.get("cached")))
-        if not row.get("cached"):
-            for k in usage:
-                usage[k] += (row.get("usage") or {}).get(k, 0)
+        for k in usage:  # every row's, cached or not: what the predictions cost when they were made
+            usage[k] += (row.get("usage") or {}).get(k, 0)
         lp = row.get("label_probs") if ok[-1] else None
         has_probs.append(lp is not None)
         if n_probs:

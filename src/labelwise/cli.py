@@ -265,7 +265,7 @@ def eval_(
     except (LabelwiseError, ValueError) as err:
         _fail(err)
     typer.echo(leaderboard_markdown(result))
-    typer.echo(f"written to {result['out']}/ (leaderboard.md, leaderboard.html, results.json, agreement_vs_cost.png)")
+    typer.echo(f"written to {result.out}/ (leaderboard.md, leaderboard.html, results.json, agreement_vs_cost.png)")
     if failures:
         for f in failures:
             typer.echo(f"FAIL: {f}", err=True)
