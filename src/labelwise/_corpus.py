@@ -16,7 +16,7 @@ from ._exceptions import CorpusError
 from ._io import bundled
 
 __all__ = ["Item", "Corpus", "SkippedLine", "load_corpus", "normalize_text", "item_id", "corpus_from_records",
-           "check_text", "DEFAULT_CORPUS"]
+           "check_text", "column_texts", "DEFAULT_CORPUS"]
 
 DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
 
@@ -39,6 +39,24 @@ def check_text(text: Any, where: str = "text") -> str:
     if not text.strip():
         raise ValueError(f"{where} is empty")
     return text
+
+
+def column_texts(df: Any, text_col: str) -> tuple[list[Any], dict[int, str]]:
+    """A DataFrame column's cells as texts, and the error of each cell that isn't one (missing, empty, by row)."""
+    import pandas as pd
+
+    if text_col not in df.columns:
+        raise KeyError(f"no column {text_col!r}; columns found: {list(df.columns)}")
+    cells = df[text_col].tolist()
+    bad = {}
+    for n, (index, cell) in enumerate(zip(df.index, cells)):
+        try:
+            if cell is None or (pd.api.types.is_scalar(cell) and pd.isna(cell)):  # None, NaN, pd.NA
+                raise ValueError(f"{text_col!r} at row {index!r} is missing")
+            cells[n] = check_text(cell if isinstance(cell, str) else str(cell), f"{text_col!r} at row {index!r}")
+        except ValueError as err:
+            bad[n] = str(err)
+    return cells, bad
 
 
 def item_id(text: str) -> str:

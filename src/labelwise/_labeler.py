@@ -10,7 +10,7 @@ from typing import Any
 
 from ._asking import Asker, Defer, Key
 from ._cache import ResponseCache, stable_hash
-from ._corpus import DEFAULT_CORPUS, Corpus, check_text, item_id, load_corpus, normalize_text
+from ._corpus import DEFAULT_CORPUS, Corpus, check_text, column_texts, item_id, load_corpus, normalize_text
 from ._examples import ExamplePicker, make_selector
 from ._exceptions import FatalTransportError
 from ._loop import run_sync
@@ -211,20 +211,11 @@ class Labeler:
         """A copy of `df` with prediction columns added (labels, confidence, status, error, id, ...)."""
         import pandas as pd
 
-        if text_col not in df.columns:
-            raise KeyError(f"no column {text_col!r}; columns found: {list(df.columns)}")
-        cells = df[text_col].tolist()
-        bad = {}
-        for n, (index, cell) in enumerate(zip(df.index, cells)):
-            try:
-                if cell is None or (pd.api.types.is_scalar(cell) and pd.isna(cell)):  # None, NaN, pd.NA
-                    raise ValueError(f"{text_col!r} at row {index!r} is missing")
-                cells[n] = check_text(cell if isinstance(cell, str) else str(cell), f"{text_col!r} at row {index!r}")
-            except ValueError as err:
-                bad[n] = Prediction(id="", text="" if not isinstance(cell, str) else cell, labels=[], status="failed",
-                                    error=str(err), prompt=self.prompt.ref, model=self.model.name, attempts=0)
+        cells, bad = column_texts(df, text_col)  # a missing or empty cell becomes a failed row, not an error
         labeled = iter(self.label_many([c for n, c in enumerate(cells) if n not in bad]))
-        preds = [bad[n] if n in bad else next(labeled) for n in range(len(cells))]
+        preds = [Prediction(id="", text=cells[n] if isinstance(cells[n], str) else "", labels=[], status="failed",
+                            error=bad[n], prompt=self.prompt.ref, model=self.model.name, attempts=0)
+                 if n in bad else next(labeled) for n in range(len(cells))]
         extra = pd.DataFrame([p.model_dump(exclude={"text"}) for p in preds], index=df.index)
         extra = extra.rename(columns={c: f"pred_{c}" if c in df.columns else c for c in extra.columns})
         return pd.concat([df, extra], axis=1)
