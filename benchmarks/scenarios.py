@@ -254,7 +254,7 @@ def s1_throughput(ctx: Ctx) -> list[Row]:
             for _ in range(reps):  # interleaved, best of each: other load on the box hits both alike
                 labeler = fake_labeler(url, concurrency=c)
                 t0 = time.process_time()
-                bare = max(bare, asyncio.run(bare_rate(url, prompts, labeler._schema, c)))
+                bare = max(bare, asyncio.run(bare_rate(url, prompts, labeler.answer_schema, c)))
                 t1 = time.process_time()
                 preds, seconds = asyncio.run(label_run(labeler, todo))
                 cpu = {"bare": min(cpu["bare"], (t1 - t0) / n * 1e3), "labelwise": min(cpu["labelwise"], (time.process_time() - t1) / n * 1e3)}
@@ -526,7 +526,7 @@ def _rank_figures(scores: list[float], corrupted: list[bool]) -> tuple[float, fl
 def s11_label_noise(ctx: Ctx) -> list[Row]:
     """Injected label noise: 10% of the eval split's labels replaced; rankings (a)-(d) at finding them (embedded model)."""
     from labelwise import RelabelConfig, load_taxonomy, relabel
-    from labelwise._labeler import LabelerConfig
+    from labelwise import LabelSettings, RunOptions
     from labelwise._triage import calibration_of, triage
 
     split = json.loads((ROOT / "evals" / "policy.split.json").read_text(encoding="utf-8"))["ids"]
@@ -543,8 +543,9 @@ def s11_label_noise(ctx: Ctx) -> list[Row]:
     data.write_text("".join(f"{lab}\t{it.text}\n" for it, labs in zip(test, noisy) for lab in labs), encoding="utf-8")
     pool_path.write_text("".join(f"{lab}\t{it.text}\n" for it in pool.items for lab in it.labels), encoding="utf-8")
     t0 = time.perf_counter()
-    result = relabel(RelabelConfig(input=str(data), out=str(out), labeler=LabelerConfig(
-        model="local", examples=str(pool_path), shots=8, strategy="similar", concurrency=1)), progress=False)
+    result = relabel(RelabelConfig(input=str(data), out=str(out), settings=LabelSettings(
+        model="local", examples=str(pool_path), shots=8, strategy="similar"), options=RunOptions(concurrency=1)),
+        progress=False)
     seconds = time.perf_counter() - t0
     rows = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     by_id = {r["id"]: r for r in rows}

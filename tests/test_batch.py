@@ -15,7 +15,7 @@ import pytest
 
 from labelwise import Labeler
 from labelwise._batch import BatchConfig, _chunks
-from labelwise._labeler import LabelerConfig
+from labelwise._settings import LabelSettings
 from labelwise._runner import RelabelConfig, relabel
 
 POLL = "0.02"
@@ -40,7 +40,7 @@ def prices(tmp_path) -> Path:
 def cfg(data: Path, out: Path, server, *, ipr: int = 1, prices: Path | None = None, **batch) -> RelabelConfig:
     batch.setdefault("poll_s", 0.02)
     return RelabelConfig(input=str(data), out=str(out), prices=str(prices) if prices else None,
-                         labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2, items_per_request=ipr),
+                         settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2, items_per_request=ipr),
                          batch=BatchConfig(**batch))
 
 
@@ -65,7 +65,7 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
     server = fake_server(batch={"seconds": 0.2})
     out = tmp_path / "run"
     result = relabel(cfg(data, out, server, prices=prices), progress=False)
-    m = result["manifest"]
+    m = result.manifest
     got = rows(out)
     assert len(got) == 12 and all(r["status"] == "ok" for r in got)
     assert server.batch_stats["batches_created"] == 1 and server.batch_stats["files_uploaded"] == 1
@@ -84,14 +84,14 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
     uploaded = lines(out / "batch" / "0000-input.jsonl")
     assert [ln["custom_id"] for ln in uploaded] == [r["id"] for r in got]
     online = fake_server()
-    with Labeler("openai:x", base_url=online.base_url, shots=2, cache=False) as lab:
+    with Labeler("openai:x", base_url=online.base_url, examples=data, shots=2, cache=False) as lab:
         lab.label(got[3]["text"])
     assert online.received == [uploaded[3]["body"]]
 
     # the answers sit under the online path's answer-cache keys ...
-    with Labeler("openai:x", base_url=server.base_url, shots=2) as lab:
+    with Labeler("openai:x", base_url=server.base_url, examples=data, shots=2) as lab:
         request, _ = lab.plan_request([(got[5]["id"], got[5]["text"])])
-        cached = lab.cache.get("answer", lab._answer_key(request))
+        cached = lab.asker.cache.get("answer", lab.asker.answer_key(request))
         output = {ln["custom_id"]: ln for ln in lines(out / "batch" / "0000-output.jsonl")}
         assert cached["text"] == output[got[5]["id"]]["response"]["body"]["choices"][0]["message"]["content"]
     # ... so an online run of the same settings afterwards is all cache hits, even with the prediction memo gone
@@ -104,10 +104,10 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
         del cache._cache[k]
     cache.close()
     again = relabel(RelabelConfig(input=str(data), out=str(tmp_path / "online"),
-                                  labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
+                                  settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
     assert server.stats.completions == 0
     assert [r["labels"] for r in rows(tmp_path / "online")] == [r["labels"] for r in got]
-    assert again["manifest"]["counts"]["ok"] == 12
+    assert again.manifest["counts"]["ok"] == 12
 
 
 def signal_when(cmd: list[str], ready, log: Path, sig: int = signal.SIGKILL) -> int:
@@ -253,7 +253,7 @@ def test_line_errors_and_invalid_answers_are_reasked_online(data, tmp_path, fake
     # one online request per failed line (ipr=1), or per item of a failed group (ipr=3)
     assert server.stats.completions == 4 * ipr
     assert server.batch_stats["batches_created"] == 1
-    assert result["manifest"]["batch"]["online_reask_tokens"]["prompt_tokens"] > 0
+    assert result.manifest["batch"]["online_reask_tokens"]["prompt_tokens"] > 0
     reasked = [r for r in server.received if len(r["messages"]) == 3]
     assert len(reasked) == (2 if ipr == 1 else 0), "an invalid single answer is re-asked with its validation error"
 
