@@ -236,7 +236,7 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
 
         scored = np.flatnonzero(table.G.any(1))  # every row with existing labels (failed ones have no label_probs)
         cols = [table.labels.index(lab) for lab in labeler.taxonomy.labels]  # triage columns: the taxonomy's order
-        P = table.probs[np.ix_(scored, cols)] if table.probs is not None else np.full((len(scored), len(cols)), np.nan)
+        P = table.probs[np.ix_(scored, cols)] if table.probs is not None else None
         triage = triage_arrays(table.ids[scored], _Texts(items, table.order[scored]),
                                lambda i: table.gold_of(int(scored[i])), table.G[np.ix_(scored, cols)], P,
                                labeler.taxonomy.labels,

@@ -228,9 +228,8 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
     ids: list[str] = []
     offsets, ok, has_gold, cached = array("q"), array("b"), array("b"), array("b")
     pred_flat, pred_start, gold_flat, gold_start = array("i"), array("q", [0]), array("i"), array("q", [0])
-    confidence, probs, has_probs = array("d"), array("d"), array("b")
+    confidence, probs, has_probs = array("d"), array("d"), array("b")  # probs: rows that have label_probs only
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    nan_row = [float("nan")] * n_probs
     for offset, _, row in iter_jsonl_lines(path):
         ids.append(row["id"])
         offsets.append(offset)
@@ -248,8 +247,8 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
             usage[k] += (row.get("usage") or {}).get(k, 0)
         lp = row.get("label_probs") if ok[-1] else None
         has_probs.append(lp is not None)
-        if n_probs:
-            probs.extend(nan_row if lp is None else [lp.get(lab, 0.0) for lab in prob_labels])
+        if n_probs and lp is not None:
+            probs.extend([lp.get(lab, 0.0) for lab in prob_labels])
     n = len(ids)
     # columns in sorted label order: the order every report lists labels in
     names = sorted(index)
@@ -267,14 +266,6 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
     top = np.full(n, -1, dtype=np.int32)
     has_pred = np.diff(ps) > 0
     top[has_pred] = pf[ps[:-1][has_pred]]
-    P_probs = None
-    if n_probs:
-        P_probs = np.frombuffer(probs, dtype=np.float64).reshape(n, n_probs)
-        cols = remap[:n_probs]  # prob_labels were indexed first, in their order
-        full = np.zeros((n, L))
-        full[:, cols] = P_probs
-        full[~np.frombuffer(has_probs, dtype=np.int8).astype(bool)] = np.nan
-        P_probs = full
     id_arr = np.array(ids) if ids else np.zeros(0, dtype="U1")
     del ids
     order = np.full(n, len(order_ids), dtype=np.int64)
@@ -289,6 +280,16 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
     def b(a: array) -> np.ndarray:
         return np.frombuffer(a, dtype=np.int8).astype(bool)[perm] if n else np.zeros(0, bool)
 
+    has = b(has_probs)
+    P_probs = None
+    if n_probs and has.any():  # one row x label matrix, NaN where a row has no label_probs, filled in place from the flat values
+        P_probs = np.full((n, L), np.nan)
+        rows = np.flatnonzero(has)  # rows (in the new order) with label_probs, in file order of appearance:
+        rows = rows[np.argsort(perm[rows], kind="stable")]  # the flat values are in file order
+        P_probs[rows] = 0.0  # a label outside label_probs' keys has probability 0
+        P_probs[np.ix_(rows, remap[:n_probs])] = np.frombuffer(probs, dtype=np.float64).reshape(-1, n_probs)
+        del probs
+
     starts = np.frombuffer(gold_start, dtype=np.int64)
     lens = np.diff(starts)[perm]
     new_start = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
@@ -299,4 +300,4 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
         ok=b(ok), has_gold=b(has_gold), G=G[perm], P=P[perm], top=top[perm],
         gold_flat=gf[take] if len(gf) else gf, gold_start=new_start,
         confidence=np.frombuffer(confidence, dtype=np.float64)[perm] if n else np.zeros(0),
-        probs=None if P_probs is None else P_probs[perm], has_probs=b(has_probs), cached=b(cached), usage=usage)
+        probs=P_probs, has_probs=has, cached=b(cached), usage=usage)

@@ -479,10 +479,10 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
 
 
 def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[int], list[str]], Y: np.ndarray,
-                  P_llm: np.ndarray, labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
+                  P_llm: np.ndarray | None, labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
                   source: Source = "ensemble", *, seed: int = 0) -> Triage:
     """`triage` on arrays: Y the 0/1 existing labels (items x labels, every item has one), P_llm the model's label_probs
-    (a NaN row where it gave none); texts and existing labels are looked up when needed, never copied per item."""
+    (a NaN row where it gave none; None: no item has them); texts and existing labels are looked up when needed, never copied per item."""
     if source not in SOURCES:
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
     labels = list(labels)
@@ -491,13 +491,14 @@ def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[i
     Y = np.asarray(Y, dtype=np.float64)
     mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
     folds = fold_ids(ids, FOLDS, seed)
-    has_llm = ~np.isnan(P_llm).any(1)
+    has_llm = ~np.isnan(P_llm).any(1) if P_llm is not None else np.zeros(len(ids), dtype=bool)
     notes: list[str] = []
     used = source
     if source in ("llm", "ensemble") and not has_llm.any():
         notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
         used = "corpus"
-    Q_llm, calibration = _calibrate_matrix(np.nan_to_num(P_llm, nan=0.0), has_llm, Y, folds, mode)
+    Q_llm, calibration = _calibrate_matrix(np.nan_to_num(P_llm, nan=0.0), has_llm, Y, folds, mode) if has_llm.any() \
+        else (None, None)
     scored = _Scored(ids, texts, gold_of)
     P_corpus = None
     if used in ("corpus", "ensemble"):
@@ -523,7 +524,7 @@ def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[i
     del Q_llm
     quality = _label_quality_matrix(P, Y, mode)
     scores = np.clip(1.0 - quality, 0.0, 1.0)
-    order = np.array(sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i])), dtype=np.int64)
+    order = np.lexsort((np.asarray(ids), -scores)).astype(np.int64)  # likeliest error first, ties by id
     return Triage(used, source, mode, notes, calibration, weights, labels, scored, order, scores, P, by_corpus)
 
 
