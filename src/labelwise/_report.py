@@ -15,9 +15,9 @@ from ._exceptions import CorpusError
 from pydantic import BaseModel
 
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv_rows
-from ._metrics import Agreement
+from ._metrics import Agreement, Comparison
 
-__all__ = ["Joined", "RunCounts", "RunReport", "load_labels", "join", "agree", "write_run_outputs", "write_run_report",
+__all__ = ["Joined", "AgreeResult", "PairedResult", "RunCounts", "RunReport", "load_labels", "join", "agree", "write_run_outputs", "write_run_report",
            "agreement_table", "HEADLINE"]
 
 HEADLINE = ("n", "exact_match", "top1_accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_jaccard",
@@ -123,8 +123,34 @@ def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Jo
     return j
 
 
+class PairedResult(Comparison):
+    """`agree --vs`: the second predictions' path, how many items both scored, and the paired comparison."""
+
+    path: str
+    items_compared: int
+
+
+class AgreeResult(BaseModel):
+    """What `labelwise agree` found: the join's counts, the agreement, and the paired comparison (with --vs)."""
+
+    counts: dict[str, int]
+    agreement: Agreement
+    vs: PairedResult | None = None
+    plot: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat object `agree --json` prints: counts, the agreement's fields, then `vs` and `plot` when present."""
+        out: dict[str, Any] = {"counts": self.counts, **self.agreement.model_dump()}
+        if self.vs is not None:
+            vs = self.vs.model_dump()
+            out["vs"] = {"path": vs.pop("path"), "items_compared": vs.pop("items_compared"), **vs}
+        if self.plot is not None:
+            out["plot"] = self.plot
+        return out
+
+
 def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = None, *, plot: str | Path | None = None,
-          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+          n_boot: int = 1000, seed: int = 0) -> AgreeResult:
     """Score predictions (and optionally a second set, paired) against gold; the `labelwise agree` result."""
     from ._metrics import compare, confusion, score, scored_labels
 
@@ -134,7 +160,7 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
     if not j.ids:
         raise CorpusError("no item is both in the gold file and (not failed) in the predictions", path=pred_path)
     labels = scored_labels(j.gold, j.pred)
-    result: dict[str, Any] = {"counts": j.counts(), **score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed).model_dump()}
+    result = AgreeResult(counts=j.counts(), agreement=score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed))
     if vs is not None:
         other = load_labels(vs)
         both = [i for i, iid in enumerate(j.ids) if iid in other and other[iid]["status"] == "ok"]
@@ -143,17 +169,21 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
         g = [j.gold[i] for i in both]
         labels2 = scored_labels(j.gold, j.pred, [other[j.ids[i]]["labels"] for i in both])
         cmp = compare(g, [j.pred[i] for i in both], [other[j.ids[i]]["labels"] for i in both], labels2, n_boot=n_boot, seed=seed)
-        result["vs"] = {"path": str(vs), "items_compared": len(both), **cmp.model_dump()}
+        result.vs = PairedResult(path=str(vs), items_compared=len(both), **cmp.model_dump())
     if plot is not None:
         from ._plots import plot_confusion
 
         plot_confusion(confusion(j.gold, j.pred, labels), plot)
-        result["plot"] = str(plot)
+        result.plot = str(plot)
     return result
 
 
-def agreement_table(result: dict[str, Any]) -> str:
-    """A readable plain-text table of the headline figures with their 95% CIs."""
+def agreement_table(result: Agreement | AgreeResult | dict[str, Any]) -> str:
+    """A readable plain-text table of the headline figures with their 95% CIs (and the join's counts, if given)."""
+    if isinstance(result, AgreeResult):
+        result = result.to_json()
+    elif isinstance(result, Agreement):
+        result = result.model_dump()
     lines = [f"{'metric':<24}{'value':>9}   95% CI"]
     ci = result.get("ci") or {}
     for key in HEADLINE:

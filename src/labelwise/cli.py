@@ -199,7 +199,7 @@ def relabel(
             typer.echo(f"{b['pending_batches']} batches still running; run the same command again to collect them "
                        f"(labelwise batch status {out})", err=True)
     if result.metrics:
-        typer.echo(agreement_table(result.metrics.model_dump()))
+        typer.echo(agreement_table(result.metrics))
     t = result.triage
     if t and t["items"]:
         typer.echo(f"likeliest label errors: {result.run_dir}/label_issues.csv (ranked by {t['source']})")
@@ -231,18 +231,18 @@ def agree(
     except (LabelwiseError, ValueError) as err:
         _fail(err)
     if as_json:
-        typer.echo(json.dumps(result, ensure_ascii=False))
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
         return
     typer.echo(agreement_table(result))
-    if "vs" in result:
-        v = result["vs"]
-        typer.echo(f"\n{pred} (a) vs {v['path']} (b) on {v['items_compared']} items: difference b - a")
-        for key, d in v["metrics"].items():
-            if d["diff"] is not None:
-                band = d["ci"]
-                typer.echo(f"  {key:<22}{d['diff']:+.4f}  CI [{band[0]:+.4f}, {band[1]:+.4f}]  p={d['p_value']:.4f}" if band else f"  {key:<22}{d['diff']:+.4f}")
-        mc = v["mcnemar"]
-        typer.echo(f"  McNemar top-1: only b right {mc['b01']}, only a right {mc['b10']}, p={mc['p_value']:.4g} ({mc['method']})")
+    if result.vs is not None:
+        v = result.vs
+        typer.echo(f"\n{pred} (a) vs {v.path} (b) on {v.items_compared} items: difference b - a")
+        for key, d in v.metrics.items():
+            if d.diff is not None:
+                band = d.ci
+                typer.echo(f"  {key:<22}{d.diff:+.4f}  CI [{band[0]:+.4f}, {band[1]:+.4f}]  p={d.p_value:.4f}" if band else f"  {key:<22}{d.diff:+.4f}")
+        mc = v.mcnemar
+        typer.echo(f"  McNemar top-1: only b right {mc.b01}, only a right {mc.b10}, p={mc.p_value:.4g} ({mc.method})")
     if plot:
         typer.echo(f"confusion heatmap: {plot}")
 
