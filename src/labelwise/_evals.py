@@ -419,7 +419,8 @@ def _board(result: EvalResult) -> tuple[str, list[str], list[list[str]], str | N
         for c in result.comparisons:
             d = c.metrics.get("top1_accuracy")
             band = d.ci if d else None
-            diff = "n/a" if d is None or d.diff is None else f"{d.diff:+.3f}" + (f" [{band[0]:+.3f}, {band[1]:+.3f}]" if band else "")
+            diff = "n/a" if d is None or d.diff is None else (
+                f"{d.diff:+.3f}" + (f" [{band[0]:+.3f}, {band[1]:+.3f}]" if band else ""))
             p = "n/a" if d is None or d.p_value is None else f"{d.p_value:.4f}"
             mc = c.mcnemar
             comparisons.append([c.other, str(c.items), diff, p, f"{mc.p_value:.4g}", str(mc.b01), str(mc.b10)])

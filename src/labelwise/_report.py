@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv_rows
 from ._metrics import Agreement, Comparison
 
-__all__ = ["Joined", "AgreeResult", "PairedResult", "RunCounts", "RunReport", "load_labels", "join", "agree", "write_run_outputs", "write_run_report",
+__all__ = ["Joined", "AgreeResult", "PairedResult", "RunCounts", "RunReport", "load_labels", "join", "agree",
+           "write_run_outputs", "write_run_report",
            "agreement_table", "HEADLINE"]
 
 HEADLINE = ("n", "exact_match", "top1_accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_jaccard",

@@ -210,7 +210,8 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
 
         def started_bar(resumed: LabelStats) -> None:
             nonlocal bar
-            bar = Progress(len(items), resumed.resumed, tty and cfg.batch is None)  # a batch run shows its own bar while waiting
+            # a batch run shows its own bar while waiting
+            bar = Progress(len(items), resumed.resumed, tty and cfg.batch is None)
 
         try:
             stats = await label_into(pred_path, predictor, items, gold, on_result=show, on_start=started_bar,
@@ -247,7 +248,6 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     first_error = None
     if not table.ok.all():
         first_error = table.row(int(np.flatnonzero(~table.ok)[0])).get("error")
-    del table, triage
     resumed = stats.resumed if stats is not None else 0
     counts = {"selected": len(items), "resumed": resumed,
               "redone_or_deduplicated_lines": stats.redone_or_deduplicated_lines if stats is not None else 0,
@@ -336,7 +336,8 @@ class _BatchPredictor:
     """A relabel run's batch files (Batch API or import) as a predictor: all its items go in one call."""
 
     def __init__(self, cfg: BatchConfig, labeler: Labeler, run_dir: Path, prices, progress: bool, items: list) -> None:
-        self.cfg, self.labeler, self.run_dir, self.prices, self.progress, self.items = cfg, labeler, run_dir, prices, progress, items
+        self.cfg, self.labeler, self.run_dir, self.prices = cfg, labeler, run_dir, prices
+        self.progress, self.items = progress, items
         self.summary: dict[str, Any] | None = None
 
     async def alabel_items(self, items, *, on_result=None, collect: bool = False) -> list:

@@ -482,7 +482,8 @@ def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[i
                   P_llm: np.ndarray | None, labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
                   source: Source = "ensemble", *, seed: int = 0) -> Triage:
     """`triage` on arrays: Y the 0/1 existing labels (items x labels, every item has one), P_llm the model's label_probs
-    (a NaN row where it gave none; None: no item has them); texts and existing labels are looked up when needed, never copied per item."""
+    (a NaN row where it gave none; None: no item has them); texts and existing labels are looked up when needed,
+    never copied per item."""
     if source not in SOURCES:
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
     labels = list(labels)
