@@ -136,3 +136,16 @@ def test_leaderboard_html_escapes_a_hostile_variant_name(fake_spec, tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;|pwn" in page
     hostile_row = next(r for r in re.findall(r"<tr>.*?</tr>", page) if "onerror" in r and "<td>" in r)
     assert hostile_row.count("<td>") == 12  # the name's `|` stays inside its cell: the page is built from the data
+
+
+def test_streamed_csv_is_byte_for_byte_the_dataframe_csv(tmp_path):
+    import pandas as pd
+
+    from labelwise._io import write_spreadsheet_csv, write_spreadsheet_csv_rows
+
+    header = ["id", "text", "confidence", "agrees", "error"]
+    rows = [["a", "=HYPERLINK(\"x\")", 0.9, True, ""], ["b", "多行\n文本, \"引号\"", None, None, "-1 failed"],
+            ["c", "@cmd", 1.0, False, "\ttab"], ["d", "+1", 0.30000000000000004, None, ""]]
+    write_spreadsheet_csv(tmp_path / "df.csv", pd.DataFrame(rows, columns=header))
+    assert write_spreadsheet_csv_rows(tmp_path / "rows.csv", header, iter(rows)) == 4
+    assert (tmp_path / "rows.csv").read_bytes() == (tmp_path / "df.csv").read_bytes()
