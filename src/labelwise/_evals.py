@@ -320,8 +320,7 @@ def _score_row(name: str, settings: dict[str, Any], table, classes: list[str], m
         remap = np.full(len(classes) + 1, -1, dtype=np.int64)
         remap[use] = np.arange(len(use))
         metrics = score_matrix(G[ok][:, use], P[ok][:, use], remap[top[ok]], [classes[j] for j in use], n_boot=n_boot)
-        if name != BASELINE:
-            calibration = calibration_matrix(probs[ok], G[ok], [str(i) for i in table.ids[ok]])
+        calibration = calibration_matrix(probs[ok], G[ok], [str(i) for i in table.ids[ok]])  # None: no label_probs
     n = len(table)
     usage = table.usage
     cost = 0.0 if name == BASELINE else cost_of(usage, model, prices)

@@ -225,7 +225,7 @@ def _from_matrices(labels: list[str], G: np.ndarray, Ps: list[np.ndarray], hits:
                 D[codes[0], codes[k + 1]],
             ]
         ).astype(np.float64)
-        sides.append(_Side(P, scalars, np.hstack([tp, fp, fn]).astype(np.float64), codes[k + 1], hit))
+        sides.append(_Side(P, scalars, np.hstack([tp, fp, fn]).astype(np.float32), codes[k + 1], hit))
     return _Data(labels, G, codes[0], D, sides)
 
 
@@ -239,7 +239,8 @@ def _metrics(W: np.ndarray, C: np.ndarray, side: _Side, D: np.ndarray) -> dict[s
     n = W.sum(1)
     L = side.counts.shape[1] // 3
     s = (side.scalars.T @ W.T).T  # not W @ X: OpenBLAS is ~100x slower on (few x huge) @ (huge x few)
-    tp, fp, fn = np.split((side.counts.T @ W.T).T, 3, axis=1)
+    # counts are 0/1 in float32 (half the memory of a run's rows); the sums are whole numbers below 2**24, so exact
+    tp, fp, fn = np.split((side.counts.T @ W.T.astype(np.float32)).T.astype(np.float64), 3, axis=1)
     g1, p1 = tp + fn, tp + fp
     f1 = _div(2 * tp, 2 * tp + fp + fn)
     nn = n[:, None]

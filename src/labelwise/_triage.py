@@ -68,10 +68,11 @@ def mode_of(label_sets: Sequence[Sequence[str]]) -> Mode:
 
 def fold_ids(ids: Sequence[str], k: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Fold of each id: ids ordered by a seeded hash, dealt round-robin; independent of labels and of input order."""
-    order = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest())
+    # the hash's first 8 bytes order ids as its hex digest does (ties: never in practice); 8 bytes an id, no strings
+    keys = np.fromiter((int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") for i in ids),
+                       dtype=np.uint64, count=len(ids))
     folds = np.empty(len(ids), dtype=np.int64)
-    for n, i in enumerate(order):
-        folds[i] = n % k
+    folds[np.argsort(keys, kind="stable")] = np.arange(len(ids)) % k
     return folds
 
 
@@ -489,7 +490,9 @@ def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[i
     labels = list(labels)
     if not len(ids):
         return Triage(source, source, "single", ["no item has existing labels: nothing to rank"], labels=labels)
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = np.asarray(Y)
+    if Y.dtype == bool:
+        Y = Y.astype(np.uint8)  # 0/1 as numbers: one byte an entry, not eight (the figures are the same)
     mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
     folds = fold_ids(ids, FOLDS, seed)
     has_llm = ~np.isnan(P_llm).any(1) if P_llm is not None else np.zeros(len(ids), dtype=bool)
