@@ -16,11 +16,12 @@ from ._corpus import Corpus, item_id, load_corpus, normalize_text
 from ._examples import make_selector
 from ._exceptions import FatalTransportError, ModelError, TransportError
 from ._io import bundled
-from ._models import REASK, Model, ModelAnswer, ModelOptions, ModelRequest, get_model
+from ._answer import (answer_model, batch_answer_model, batch_confidence, batch_keys, confidence, labels_of,
+                      parse_batch_answer, short_error)
+from ._models import Model, ModelAnswer, ModelOptions, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
-from ._schema import (RAW_CAP, Prediction, answer_model, batch_answer_model, label_confidence, labels_from_probs,
-                      parse_answer, parse_batch_answer, short_error)
+from ._schema import RAW_CAP, Prediction
 from ._taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["Labeler", "LabelerConfig", "DEFAULT_CORPUS", "run_sync"]
@@ -152,7 +153,7 @@ class Labeler:
         self.shots = cfg.shots if self.prompt.uses_examples and self.pool is not None else 0
         self.selector = make_selector(cfg.strategy, self.pool, self.shots, cfg.seed) if self.shots else None
         self.cache = ResponseCache(cfg.cache_dir) if cfg.cache else None
-        self.json_answer = self.model.answer_format == "json"
+        self.answer_format = self.model.answer_format
         # A label-scoring model answers one item per request: each item is scored on its own (its KV prefix reuse
         # does what batching would), so items_per_request does not apply to it.
         self.items_per_request = 1 if self.model.scores_labels else cfg.items_per_request
@@ -162,7 +163,7 @@ class Labeler:
             "definitions": self.taxonomy.definitions, "strategy": cfg.strategy, "shots": self.shots,
             "selector": self.selector.identity() if self.selector else None, "seed": cfg.seed,
             "multi": cfg.multi_label, "max_labels": cfg.max_labels, "temperature": cfg.temperature,
-            "json": self.json_answer, "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
+            "json": self.answer_format == "json", "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
             "ipr": self.items_per_request,
             "threshold": cfg.label_threshold if self.model.scores_labels and cfg.multi_label else None,
         })
@@ -256,7 +257,7 @@ class Labeler:
         """The exact prompt this labeler would send for `text`, and the ids of the examples in it."""
         iid = id or item_id(text)
         examples = self._examples_for([(iid, text)])
-        return self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
+        return self.prompt.render(normalize_text(text), self.taxonomy, examples, answer_format=self.answer_format)
 
     async def _label_request(self, iid: str, text: str, request: ModelRequest, example_ids: list[str], *,
                              first: ModelAnswer | None = None, start: int = 1,
@@ -287,40 +288,23 @@ class Labeler:
                 usage[k] += answer.usage.get(k, 0)
             raw = answer.text
             try:
-                labels = self._labels_of(answer)
+                labels = labels_of(answer, self.taxonomy.labels, cfg.multi_label, cfg.max_labels, cfg.label_threshold)
             except (ValidationError, ValueError) as err:
                 self.stats["reasks"] += attempt <= cfg.max_reasks
                 error = short_error(err)
                 echoed = answer.text if len(answer.text) <= RAW_CAP else answer.text[:RAW_CAP] + "…"
-                request = replace(request, reasks=request.reasks + ((echoed, REASK.format(error=error)),))
+                request = replace(request, reasks=request.reasks + ((echoed, self.prompt.render_reask(error)),))
                 if defer is not None and attempt <= cfg.max_reasks:
                     defer(request, attempt + 1)
                     return None
                 continue
             self._remember(request, answer)
-            pred = Prediction(**base, labels=labels, confidence=self._confidence(answer, labels[0]),
+            pred = Prediction(**base, labels=labels, confidence=confidence(answer, labels[0]),
                               label_probs=answer.label_probs, attempts=sent, usage=usage, cached=all_cached)
             self._store(pred)
             return pred
         return Prediction(**base, labels=[], status="failed", error=f"invalid answer after {cfg.max_reasks} re-asks: {error}",
                           attempts=sent, usage=usage, raw=raw)
-
-    def _labels_of(self, answer: ModelAnswer) -> list[str]:
-        """The validated label set of an answer: from its probabilities (a scoring model) or its text."""
-        cfg = self.config
-        if answer.format == "probs":
-            probs = answer.label_probs or {}
-            if set(probs) != set(self.taxonomy.labels):
-                raise ValueError(f"scores for {sorted(probs)} do not cover the taxonomy")
-            return labels_from_probs(probs, cfg.multi_label, cfg.max_labels, cfg.label_threshold)
-        return parse_answer(answer.text, answer.format, self.taxonomy.labels, cfg.multi_label, cfg.max_labels)
-
-    @staticmethod
-    def _confidence(answer: ModelAnswer, label: str) -> float | None:
-        """The probability of the top label: its entry in the label probabilities, else from its tokens' log-probs."""
-        if answer.label_probs and label in answer.label_probs:
-            return answer.label_probs[label]
-        return label_confidence(answer.text, answer.tokens, label)
 
     # ------------------------------------------------------------------ several items per request
 
@@ -357,10 +341,10 @@ class Labeler:
             iid, text = items[0]
             rendered = self.render(text, id=iid)
             return self._request(rendered.text), list(rendered.example_ids)
-        keys = tuple(str(n) for n in range(1, len(items) + 1))
+        keys = batch_keys(len(items))
         examples = self._examples_for(items)
         rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, items)], self.taxonomy,
-                                            examples, json_answer=self.json_answer)
+                                            examples, answer_format=self.answer_format)
         schema = batch_answer_model(keys, self.taxonomy.labels, cfg.multi_label, cfg.max_labels).model_json_schema()
         return replace(self._request(rendered.text, batch=True, schema=schema), keys=keys), list(rendered.example_ids)
 
@@ -389,7 +373,7 @@ class Labeler:
         if isinstance(answer, Exception):
             answer, results = None, {k: str(answer) for k in keys}
         else:
-            results = parse_batch_answer(answer.text, answer.format, keys, self.taxonomy.labels, cfg.multi_label,
+            results = parse_batch_answer(answer.text, answer.answer_format, keys, self.taxonomy.labels, cfg.multi_label,
                                          cfg.max_labels)
         share = {k: v // len(items) for k, v in (answer.usage.items() if answer else [])}
         if answer and all(isinstance(v, list) for v in results.values()):
@@ -400,7 +384,7 @@ class Labeler:
             if isinstance(labels, list):
                 pred = Prediction(id=iid, text=text, labels=labels, examples=example_ids, prompt=self.prompt.ref,
                                   model=self.model.name, usage=share, cached=cached, attempts=answer.attempts,
-                                  confidence=self._batch_confidence(answer, key, labels[0]))
+                                  confidence=batch_confidence(answer, key, labels[0]))
                 self._store(pred)
                 out[iid] = pred
             elif self.fatal is not None:  # no more requests once the run must stop
@@ -418,22 +402,6 @@ class Labeler:
         """A failed prediction for an item a batch request could not label."""
         return Prediction(id=iid, text=text, labels=[], status="failed", error=str(err), examples=example_ids,
                           prompt=self.prompt.ref, model=self.model.name, attempts=getattr(err, "attempts", 1))
-
-    @staticmethod
-    def _batch_confidence(answer: ModelAnswer | None, key: str, label: str) -> float | None:
-        """Confidence of an item's first label: the tokens spelling it after the item's id in the answer."""
-        if not answer or not answer.tokens:
-            return None
-        marker = f"[{key}] " if answer.format == "lines" else f'"{key}"'
-        at = answer.text.find(marker)
-        if at < 0:
-            return None
-        pos, rest = 0, []
-        for tok, lp in answer.tokens:
-            if pos >= at:
-                rest.append((tok, lp))
-            pos += len(tok)
-        return label_confidence(answer.text[at:], rest, label) if rest else None
 
     # ------------------------------------------------------------------ many items
 
