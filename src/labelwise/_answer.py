@@ -19,13 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 if TYPE_CHECKING:
     from ._models import ModelAnswer
 
-__all__ = ["LABEL_JOINER", "ANSWER_FORMATS", "TokenAlternatives", "answer_format_name", "batch_keys", "item_line",
+__all__ = ["LABEL_JOINER", "TokenAlternatives", "answer_format_name", "batch_keys", "item_line",
            "label_terminators", "answer_model", "batch_answer_model", "short_error", "parse_answer",
            "parse_batch_answer", "labels_from_probs", "labels_of", "label_confidence", "confidence",
            "batch_confidence", "label_probs_from_logprobs"]
 
 LABEL_JOINER = "、"  # between labels in a "lines" answer, in rendered examples and after a scored label
-ANSWER_FORMATS = ("json", "lines", "probs")
 _FORMAT_ALIASES = {"labels": "lines"}  # the older name of the "lines" format (a model may still say it)
 
 # One answer token with its alternatives: (bytes, logprob, [(alternative bytes, logprob), ...]).
