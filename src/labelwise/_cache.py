@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,15 @@ class ResponseCache:
         else:
             self.hits += 1
         return value
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> list[Any | None]:
+        """The stored values of many keys (None where absent), read in one transaction: a rerun's bulk pre-pass."""
+        with self._cache.transact():
+            values = [self._cache.get(f"{namespace}:{key}") for key in keys]
+        found = sum(v is not None for v in values)
+        self.hits += found
+        self.misses += len(values) - found
+        return values
 
     def set(self, namespace: str, key: str, value: Any) -> None:
         """Store a successful result (callers never store failures)."""

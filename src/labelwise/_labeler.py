@@ -234,13 +234,16 @@ class Labeler:
 
     def _memo(self, iid: str, text: str) -> Prediction | None:
         """A finished prediction for this item under exactly these settings, if one is cached."""
+        return self._memo_many([(iid, text)])[0]
+
+    def _memo_many(self, items: Sequence[tuple[str, str]]) -> list[Prediction | None]:
+        """`_memo` for many items, read from the cache in one pass."""
         if self.cache is None:
-            return None
-        hit = self.cache.get("prediction", self._memo_key(iid))
-        if hit is None:
-            return None
-        self.stats["cache_hits"] += 1
-        return Prediction.model_validate({**hit, "cached": True, "text": text})
+            return [None] * len(items)
+        hits = self.cache.get_many("prediction", [self._memo_key(iid) for iid, _ in items])
+        self.stats["cache_hits"] += sum(h is not None for h in hits)
+        return [None if h is None else Prediction.model_validate({**h, "cached": True, "text": text})
+                for h, (_, text) in zip(hits, items)]
 
     async def alabel(self, text: str, *, id: str | None = None) -> Prediction:
         """Label one text (async)."""
@@ -455,8 +458,7 @@ class Labeler:
                 on_result(pred)
 
         todo = []
-        for iid, text in items:
-            hit = self._memo(iid, text)
+        for (iid, text), hit in zip(items, self._memo_many(items)):
             if hit is not None:
                 done(hit)
             else:
