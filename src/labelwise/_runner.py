@@ -246,9 +246,15 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
     triage = None
     if corpus.labeled:
+        from ._cache import ResponseCache
         from ._triage import triage_run
 
-        triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed)
+        memo = ResponseCache(lcfg.cache_dir) if lcfg.cache else None  # a rerun from the cache reuses its triage
+        try:
+            triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed, cache=memo)
+        finally:
+            if memo is not None:
+                memo.close()
     summary = write_run_outputs(run_dir, rows, triage)
     finished = datetime.now(timezone.utc)
     from . import __version__

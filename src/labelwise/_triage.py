@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._cache import ResponseCache, stable_hash
 from ._corpus import Corpus
 from ._metrics import expected_calibration_error, top_label_confidence
 
@@ -170,34 +171,43 @@ def calibrate_cross_fitted(P: np.ndarray, Y: np.ndarray, folds: np.ndarray, mode
     return Q, params
 
 
-def _corpus_model(seed: int, n_train: int):
-    """Character 1-2-gram TF-IDF + logistic regression (log-loss SGD: 10 passes reach the log loss lbfgs/liblinear
-    reach, about 10x faster on this corpus); one-vs-rest, so in single mode scikit-learn normalises rows to sum 1."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+CHUNK = 2000  # texts per predict_proba call, so a huge run never holds one huge TF-IDF matrix
+
+
+def _classifier(seed: int):
+    """Logistic regression by log-loss SGD (10 passes reach the log loss lbfgs/liblinear reach, about 10x faster on
+    this corpus), one-vs-rest: in single mode scikit-learn normalises rows to sum 1."""
     from sklearn.linear_model import SGDClassifier
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
-                                         min_df=2 if n_train >= 100 else 1),
-                         OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None,
-                                                           random_state=seed)))
+    return OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None, random_state=seed))
 
 
-def _predict(model, texts: list[str], chunk: int = 2000) -> np.ndarray:
-    """predict_proba in chunks, so a huge run never holds one huge TF-IDF matrix."""
-    return np.vstack([model.predict_proba(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
+def _threads() -> Any:
+    """The labels' binary fits on threads: SGD releases the GIL, and each fit is seeded, so the result is the same."""
+    import os
+
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=max(1, min(8, os.cpu_count() or 1)))
 
 
 def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool: Iterable[tuple[str, str, Sequence[str]]],
                          labels: Sequence[str], mode: Mode, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Out-of-fold probabilities of each scored (id, text, labels) item from TF-IDF + logistic regression.
+    """Out-of-fold probabilities of each scored (id, text, labels) item from character 1-2-gram TF-IDF + logistic
+    regression.
 
     The training data is the pool and the scored items together (an item in both counts once, with its scored
     labels); they are split into folds by id, and a scored item's probabilities come from the classifier trained on
     the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
     Beyond MAX_TRAIN training items per fold, a sample chosen by a seeded hash of the id (never the labels) trains.
+
+    Each fold's TF-IDF is exactly a `TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
+    min_df=2)` fitted on that fold's training texts (min_df=1 below 100 of them), but the texts are split into n-grams
+    and counted once for all folds: a fold keeps the n-grams its own training rows use often enough.
     """
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
     data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
     for i, t, labs in scored:
         data[i] = (t, labs)
@@ -208,29 +218,46 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
     by_fold: dict[int, list[int]] = {}
     for n, (i, _, _) in enumerate(scored):
         by_fold.setdefault(int(fold[i]), []).append(n)
-    for f, rows in sorted(by_fold.items()):
+    trains = {}
+    for f in sorted(by_fold):
         train = [i for i in ids if fold[i] != f]
         if len(train) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
             train = sorted(train, key=lambda i: hashlib.sha256(f"{seed}:train:{i}".encode()).hexdigest())[:MAX_TRAIN]
-        texts = [data[i][0] for i in train]
+        trains[f] = train
+    used = list(dict.fromkeys(i for train in trains.values() for i in train))  # every text some fold trains on
+    row_of = {i: r for r, i in enumerate(used)}
+    counter = CountVectorizer(analyzer="char", ngram_range=(1, 2), dtype=np.float64)
+    counts = counter.fit_transform([data[i][0] for i in used])
+    for f, rows in sorted(by_fold.items()):
+        train = trains[f]
         test_texts = [scored[n][1] for n in rows]
-        model = _corpus_model(seed, len(train))
-        with warnings.catch_warnings():
+        if mode == "single":
+            at = [row_of[i] for i in train for _ in data[i][1]]  # a multi-labeled pool item: one row per label
+            y = [index[lab] for i in train for lab in data[i][1]]
+            if len(set(y)) < 2:
+                out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
+                continue
+        else:
+            at = [row_of[i] for i in train]
+            y = binarize([data[i][1] for i in train], labels)
+        C = counts[at]
+        df = np.bincount(C.indices, minlength=C.shape[1])  # rows of a count matrix name each n-gram once
+        keep = np.flatnonzero(df >= (2 if len(train) >= 100 else 1))
+        tfidf = TfidfTransformer(sublinear_tf=True)
+        X = tfidf.fit_transform(C[:, keep])
+        del C
+        model = _classifier(seed)
+        with warnings.catch_warnings(), _threads():
             warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
             warnings.filterwarnings("ignore", message="Maximum number of iteration")
-            if mode == "single":
-                X = [t for t, i in zip(texts, train) for _ in data[i][1]]
-                y = [index[lab] for i in train for lab in data[i][1]]  # a multi-labeled pool item: one row per label
-                if len(set(y)) < 2:
-                    out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
-                    continue
-                model.fit(X, y)
-                model.steps[0][1].stop_words_ = None  # the n-grams min_df dropped: large, and never used again
-                out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
-            else:
-                model.fit(texts, binarize([data[i][1] for i in train], labels))
-                model.steps[0][1].stop_words_ = None
-                out[rows] = _predict(model, test_texts)
+            model.fit(X, y)
+        del X
+        P = np.vstack([model.predict_proba(tfidf.transform(counter.transform(test_texts[a:a + CHUNK])[:, keep]))
+                       for a in range(0, len(test_texts), CHUNK)])
+        if mode == "single":
+            out[np.ix_(rows, model.classes_)] = P  # a label absent keeps probability 0
+        else:
+            out[rows] = P
         del model  # before the next fold's fit: two fitted models at once doubled the peak on a 100k-row run
     return out
 
@@ -419,8 +446,34 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
 
 
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
-               *, seed: int = 0) -> Triage:
-    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs)."""
+               *, seed: int = 0, cache: ResponseCache | None = None) -> Triage:
+    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs).
+
+    With a `cache`, the result is kept under a hash of everything it depends on (the rows' ids, texts, existing labels
+    and label_probs, the pool, the labels, source, seed, and this code and its libraries' versions), so a rerun
+    whose predictions all came from the cache does not fit the same classifiers again.
+    """
     items = [r for r in rows if r.get("gold")]  # triage reads label_probs of ok rows only
     pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
-    return triage(items, labels, pool_items, source, seed=seed)
+    key = None
+    if cache is not None:
+        key = stable_hash({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
+                           "pool": pool_items, "items": [(r["id"], r["text"], r["gold"], r.get("status", "ok"),
+                                                          r.get("label_probs")) for r in items]})
+        if (hit := cache.get("triage", key)) is not None:
+            return hit
+    result = triage(items, labels, pool_items, source, seed=seed)
+    if cache is not None:
+        cache.set("triage", key, result)
+    return result
+
+
+def _code_version() -> list[str]:
+    """What else decides a triage result: this module's and the metrics' code, and the libraries doing the work."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from . import _metrics
+
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(_metrics.__file__).read_bytes()).hexdigest()
+    return [code, *(f"{lib} {version(lib)}" for lib in ("numpy", "scipy", "scikit-learn", "cleanlab"))]
