@@ -558,7 +558,7 @@ def _rank_figures(scores: list[float], corrupted: list[bool]) -> tuple[float, fl
 def s11_label_noise(ctx: Ctx) -> list[Row]:
     """Injected label noise: 10% of the eval split's labels replaced; rankings (a)-(d) at finding them (embedded model)."""
     from labelwise import RelabelConfig, load_taxonomy, relabel
-    from labelwise._labeler import LabelerConfig
+    from labelwise import LabelSettings, RunOptions
     from labelwise._triage import calibration_of, triage
 
     split = json.loads((ROOT / "evals" / "policy.split.json").read_text(encoding="utf-8"))["ids"]
@@ -575,8 +575,9 @@ def s11_label_noise(ctx: Ctx) -> list[Row]:
     data.write_text("".join(f"{lab}\t{it.text}\n" for it, labs in zip(test, noisy) for lab in labs), encoding="utf-8")
     pool_path.write_text("".join(f"{lab}\t{it.text}\n" for it in pool.items for lab in it.labels), encoding="utf-8")
     t0 = time.perf_counter()
-    result = relabel(RelabelConfig(input=str(data), out=str(out), labeler=LabelerConfig(
-        model="local", examples=str(pool_path), shots=8, strategy="similar", concurrency=1)), progress=False)
+    result = relabel(RelabelConfig(input=str(data), out=str(out), settings=LabelSettings(
+        model="local", examples=str(pool_path), shots=8, strategy="similar"), options=RunOptions(concurrency=1)),
+        progress=False)
     seconds = time.perf_counter() - t0
     rows = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     by_id = {r["id"]: r for r in rows}

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = labeler.label_many([it.text for it in sample])
     seconds = time.perf_counter() - t0
     rows = sweep([list(it.labels) for it in sample], [p.label_probs for p in preds], list(labeler.taxonomy.labels),
-                 labeler.config.max_labels)
+                 labeler.settings.max_labels)
     print(f"{args.n} texts (seed {args.seed}), {sum(len(it.labels) > 1 for it in sample)} multi-label; "
           f"{args.n / seconds:.2f} texts/s")
     print("| threshold | samples-F1 | micro-F1 | labels/item |\n|---|---|---|---|")

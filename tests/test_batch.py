@@ -15,7 +15,7 @@ import pytest
 
 from labelwise import Labeler
 from labelwise._batch import BatchConfig, _chunks
-from labelwise._labeler import LabelerConfig
+from labelwise._settings import LabelSettings
 from labelwise._runner import RelabelConfig, relabel
 
 POLL = "0.02"
@@ -40,7 +40,7 @@ def prices(tmp_path) -> Path:
 def cfg(data: Path, out: Path, server, *, ipr: int = 1, prices: Path | None = None, **batch) -> RelabelConfig:
     batch.setdefault("poll_s", 0.02)
     return RelabelConfig(input=str(data), out=str(out), prices=str(prices) if prices else None,
-                         labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2, items_per_request=ipr),
+                         settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2, items_per_request=ipr),
                          batch=BatchConfig(**batch))
 
 
@@ -84,14 +84,14 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
     uploaded = lines(out / "batch" / "0000-input.jsonl")
     assert [ln["custom_id"] for ln in uploaded] == [r["id"] for r in got]
     online = fake_server()
-    with Labeler("openai:x", base_url=online.base_url, shots=2, cache=False) as lab:
+    with Labeler("openai:x", base_url=online.base_url, examples=data, shots=2, cache=False) as lab:
         lab.label(got[3]["text"])
     assert online.received == [uploaded[3]["body"]]
 
     # the answers sit under the online path's answer-cache keys ...
-    with Labeler("openai:x", base_url=server.base_url, shots=2) as lab:
+    with Labeler("openai:x", base_url=server.base_url, examples=data, shots=2) as lab:
         request, _ = lab.plan_request([(got[5]["id"], got[5]["text"])])
-        cached = lab.cache.get("answer", lab._answer_key(request))
+        cached = lab.asker.cache.get("answer", lab.asker.answer_key(request))
         output = {ln["custom_id"]: ln for ln in lines(out / "batch" / "0000-output.jsonl")}
         assert cached["text"] == output[got[5]["id"]]["response"]["body"]["choices"][0]["message"]["content"]
     # ... so an online run of the same settings afterwards is all cache hits, even with the prediction memo gone
@@ -104,7 +104,7 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
         del cache._cache[k]
     cache.close()
     again = relabel(RelabelConfig(input=str(data), out=str(tmp_path / "online"),
-                                  labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
+                                  settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
     assert server.stats.completions == 0
     assert [r["labels"] for r in rows(tmp_path / "online")] == [r["labels"] for r in got]
     assert again["manifest"]["counts"]["ok"] == 12

@@ -36,12 +36,15 @@ async def test_rerun_reads_the_memo_in_bulk_and_never_builds_a_client(corpus, fa
 
     extra = ("not-labeled-id", "一个从未标注过的句子")
     async with _labeler(server, corpus) as again:
-        bulk = again._memo_many([*items, extra])
-        one_by_one = [again._memo(iid, text) for iid, text in [*items, extra]]
-        assert bulk == one_by_one and bulk[-1] is None
-        assert [p.model_dump(exclude={"cached"}) for p in bulk[:-1]] == [p.model_dump(exclude={"cached"}) for p in cold]
+        bulk = again.cached([*items, extra])  # one pass over the cache
+        one_by_one = {}
+        for item in [*items, extra]:
+            one_by_one.update(again.cached([item]))
+        assert bulk == one_by_one and list(bulk) == [iid for iid, _ in items]  # the unlabeled one is absent
+        assert [p.model_dump(exclude={"cached"}) for p in bulk.values()] == [p.model_dump(exclude={"cached"}) for p in cold]
+        assert again.stats["cache_hits"] == 24
         warm = await again.alabel_items(items)
-        assert warm == bulk[:-1] and all(p.cached for p in warm)
+        assert warm == list(bulk.values()) and all(p.cached for p in warm)
         assert again.stats["model_calls"] == 0 and again.model._client is None  # no request: no client built
     assert again.model._client is None  # closing did not build one either
     with pytest.raises(ModelConfigError, match="closed"):

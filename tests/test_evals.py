@@ -140,6 +140,6 @@ def test_shipped_policy_spec_is_valid() -> None:
     assert spec.split.size >= 200
     variants = spec.all_variants()
     assert len(variants) >= 3 and spec.baseline
-    assert {v.prompt for v in variants} >= {"zeroshot_defs", "fewshot", "fewshot_defs"}
+    assert {v.prompt for v in variants.values()} >= {"zeroshot_defs", "fewshot", "fewshot_defs"}
     split = json.loads((ROOT / spec.split.file).read_text(encoding="utf-8"))
     assert len(split["ids"]) == spec.split.size

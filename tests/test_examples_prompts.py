@@ -225,13 +225,13 @@ def test_batch_mates_are_never_examples(corpus, query, selector):
     neighbours = selector("similar", k).select_examples({"text": query.text})[:3]
     batch = [(query.id, query.text)] + [(e["id"], e["text"]) for e in neighbours]
     banned = {iid for iid, _ in batch}
-    examples = labeler._examples_for(batch)
+    examples = labeler.examples.pick(batch)
     assert len(examples) == k
     assert not banned & {e["id"] for e in examples}
     assert not {normalize_text(t) for _, t in batch} & {normalize_text(e["text"]) for e in examples}
     # each single item still gets K examples and never itself
     for iid, text in batch:
-        single = labeler._examples_for([(iid, text)])
+        single = labeler.examples.pick([(iid, text)])
         assert len(single) == k and iid not in {e["id"] for e in single}
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from labelwise import Labeler
-from labelwise._labeler import DEFAULT_LABEL_THRESHOLD
+from labelwise._settings import DEFAULT_LABEL_THRESHOLD
 from labelwise._models import ModelAnswer
 from labelwise._schema import label_probs_from_logprobs, labels_from_probs
 from labelwise._scoring import CHUNK, chunk_cuts

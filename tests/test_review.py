@@ -76,13 +76,13 @@ def run_dir(tmp_path_factory, dataset) -> Iterator[tuple[Path, list[dict]]]:
     """A real relabel run on `dataset` against the fake OpenAI server, plus its label_issues.csv."""
     from benchmarks.fake_openai import FakeOpenAIServer, Scenario
     from labelwise import RelabelConfig, relabel
-    from labelwise._labeler import LabelerConfig
+    from labelwise._settings import LabelSettings
 
     out = tmp_path_factory.mktemp("review-run") / "run"
     server = FakeOpenAIServer(Scenario()).start()
     try:
         relabel(RelabelConfig(input=str(dataset), out=str(out),
-                              labeler=LabelerConfig(model="openai:x", base_url=server.base_url, shots=2, examples=None)),
+                              settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2)),
                 progress=False)
     finally:
         server.close()

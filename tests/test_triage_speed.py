@@ -62,7 +62,7 @@ def test_corpus_probabilities_match_a_per_fold_pipeline(corpus, mode, n_pool):
 def test_a_rerun_from_the_cache_reuses_its_triage_and_a_changed_label_does_not(corpus, tmp_path, fake_server, monkeypatch):
     from labelwise import RelabelConfig, relabel
     from labelwise import _triage
-    from labelwise._labeler import LabelerConfig
+    from labelwise._settings import LabelSettings
 
     items = [it for it in corpus.items if len(it.labels) == 1][:60]
     data = tmp_path / "input.tsv"
@@ -70,7 +70,7 @@ def test_a_rerun_from_the_cache_reuses_its_triage_and_a_changed_label_does_not(c
     server = fake_server(seed=2)
 
     def run(out: str):
-        cfg = RelabelConfig(input=str(data), out=str(tmp_path / out), labeler=LabelerConfig(
+        cfg = RelabelConfig(input=str(data), out=str(tmp_path / out), settings=LabelSettings(
             model="openai:x", base_url=server.base_url, shots=0, examples=str(data)))
         relabel(cfg, progress=False)
         return (tmp_path / out / "label_issues.csv").read_bytes()

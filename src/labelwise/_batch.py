@@ -107,11 +107,11 @@ def _plan(labeler: Labeler, items: Sequence[tuple[str, str]], request: ModelRequ
 
 def _plans_for(labeler: Labeler, todo: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
     """Plans for items in groups of `items_per_request`, examples selected a chunk at a time as online."""
-    size = labeler.config.items_per_request
+    size = labeler.items_per_request
     step = 256 * size
     for start in range(0, len(todo), step):
         chunk = todo[start:start + step]
-        labeler._prefetch(list(chunk))
+        labeler.prefetch(list(chunk))
         for i in range(0, len(chunk), size):
             yield _plan(labeler, chunk[i:i + size])
 
@@ -213,7 +213,9 @@ async def aexport(cfg: BatchConfig, labeler: Labeler, items: Sequence[Any]) -> d
     """Write the request file for every item not already answered under these settings; call nothing."""
     if not cfg.path:
         raise RunError("batch export needs a file path")
-    todo = [(it.id, it.text) for it in items if labeler._memo(it.id, it.text) is None]
+    pairs = [(it.id, it.text) for it in items]
+    hits = labeler.cached(pairs)
+    todo = [q for q in pairs if q[0] not in hits]
     model = chat_model(labeler.model)
     n = atomic_write_lines(cfg.path, (request_line(model, p) for p in _plans_for(labeler, todo)))
     return {"exported": str(cfg.path), "requests": n, "items": len(todo), "already_cached": len(items) - len(todo)}
@@ -231,7 +233,7 @@ async def _aimport(cfg: BatchConfig, labeler: Labeler, texts: dict[str, str], to
     model, usage = chat_model(labeler.model), _Usage(labeler)
     lines = foreign = done = unrun = 0
     rows = _read_results(path)
-    while chunk := list(itertools.islice(rows, 256 * labeler.config.items_per_request)):
+    while chunk := list(itertools.islice(rows, 256 * labeler.items_per_request)):
         mine = []
         for row in chunk:
             ids = _ids(row["custom_id"])
@@ -241,7 +243,7 @@ async def _aimport(cfg: BatchConfig, labeler: Labeler, texts: dict[str, str], to
                 done += 1
             else:
                 mine.append((row, [(i, texts[i]) for i in ids]))
-        labeler._prefetch([item for _, items in mine for item in items])  # examples a chunk at a time, as online
+        labeler.prefetch([item for _, items in mine for item in items])  # examples a chunk at a time, as online
         for row, items in mine:
             unrun += not await _apply(labeler, model, _plan(labeler, items), row, texts, todo, record, usage, None)
         lines += len(chunk)
@@ -407,10 +409,10 @@ async def arun_batch(cfg: BatchConfig, labeler: Labeler, todo_items: Sequence[tu
     `known`: every item of the run (done ones too), so an import can tell done lines from foreign ones."""
     model = chat_model(labeler.model)
     texts, todo = {**(known or {}), **dict(todo_items)}, {}
+    hits = labeler.cached(todo_items)
     for iid, text in todo_items:
-        hit = labeler._memo(iid, text)
-        if hit is not None:
-            record(hit)
+        if iid in hits:
+            record(hits[iid])
         else:
             todo[iid] = text
     if cfg.mode == "import":
@@ -475,8 +477,8 @@ def _run_client(run_dir: Path, base_url: str | None) -> tuple[Any, _State]:
     info = Path(run_dir) / "run.json"
     if not state.path.exists() or not info.exists():
         raise RunError(f"{run_dir} has no batches (no batch/state.json)")
-    fp = json.loads(info.read_text(encoding="utf-8"))["fingerprint"]
-    model = get_model(fp["model"], ModelOptions(base_url=base_url or fp["settings"].get("base_url")))
+    settings = json.loads(info.read_text(encoding="utf-8"))["settings"]
+    model = get_model(settings["model"], ModelOptions(base_url=base_url or settings.get("base_url")))
     return chat_model(model), state
 
 
@@ -503,13 +505,13 @@ async def _astatus(run_dir: Path, base_url: str | None, cancel: bool) -> list[di
 
 def batch_status(run_dir: str | Path, base_url: str | None = None) -> list[dict[str, Any]]:
     """Where each batch of a run stands (asks the provider)."""
-    from ._labeler import run_sync
+    from ._loop import run_sync
 
     return run_sync(_astatus(Path(run_dir), base_url, cancel=False))
 
 
 def cancel_batches(run_dir: str | Path, base_url: str | None = None) -> list[dict[str, Any]]:
     """Cancel every running batch of a run; what is answered by then is collected by the next run."""
-    from ._labeler import run_sync
+    from ._loop import run_sync
 
     return run_sync(_astatus(Path(run_dir), base_url, cancel=True))

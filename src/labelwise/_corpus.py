@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import CorpusError
+from ._io import bundled
 
-__all__ = ["Item", "Corpus", "SkippedLine", "load_corpus", "normalize_text", "item_id", "corpus_from_records"]
+__all__ = ["Item", "Corpus", "SkippedLine", "load_corpus", "normalize_text", "item_id", "corpus_from_records",
+           "check_text", "column_texts", "DEFAULT_CORPUS"]
+
+DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
 
 _WS = re.compile(r"\s+")
 LABEL_COLUMNS = ("labels", "label")
@@ -26,6 +30,33 @@ _HEADER_NAMES = {"label", "labels", "text", "sentence", "category", "categories"
 def normalize_text(text: str) -> str:
     """NFKC with whitespace runs folded, so trivially different copies of a text are one item."""
     return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def check_text(text: Any, where: str = "text") -> str:
+    """`text` if it is a non-empty string; else a ValueError saying what is wrong (no model call for it)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{where} is empty")
+    return text
+
+
+def column_texts(df: Any, text_col: str) -> tuple[list[Any], dict[int, str]]:
+    """A DataFrame column's cells as texts, and the error of each cell that isn't one (missing, empty, by row)."""
+    import pandas as pd
+
+    if text_col not in df.columns:
+        raise KeyError(f"no column {text_col!r}; columns found: {list(df.columns)}")
+    cells = df[text_col].tolist()
+    bad = {}
+    for n, (index, cell) in enumerate(zip(df.index, cells)):
+        try:
+            if cell is None or (pd.api.types.is_scalar(cell) and pd.isna(cell)):  # None, NaN, pd.NA
+                raise ValueError(f"{text_col!r} at row {index!r} is missing")
+            cells[n] = check_text(cell if isinstance(cell, str) else str(cell), f"{text_col!r} at row {index!r}")
+        except ValueError as err:
+            bad[n] = str(err)
+    return cells, bad
 
 
 def item_id(text: str) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._corpus import Corpus, load_corpus
 from ._exceptions import SpecError
 from ._io import atomic_write_json, atomic_write_text, parse_yaml, write_jsonl
+from ._settings import LabelSettings, RunOptions, SettingsUpdate
 from ._taxonomy import load_taxonomy
 
 __all__ = ["EvalSpec", "Variant", "load_spec", "run_eval", "arun_eval", "check_gates", "leaderboard_markdown"]
@@ -24,26 +25,25 @@ __all__ = ["EvalSpec", "Variant", "load_spec", "run_eval", "arun_eval", "check_g
 BASELINE = "baseline:tfidf-linearsvm"
 
 
-class Variant(BaseModel):
-    """One labeling set-up to score: prompt × strategy × K × model (× items per request)."""
-
-    model_config = ConfigDict(extra="forbid")
+class Variant(SettingsUpdate):
+    """One labeling set-up to score: a partial update of the spec's settings (prompt, strategy, K, model, ...)."""
 
     name: str | None = None
-    prompt: str = "fewshot"
-    strategy: Literal["similar", "diverse", "random", "fixed"] = "similar"
-    shots: int = Field(8, ge=0, le=64)
-    model: str = "local"
-    base_url: str | None = None
-    items_per_request: int = Field(1, ge=1, le=100)
 
-    def label(self) -> str:
-        """A readable, unique name: prompt/strategy/kK/model[/ipr N]."""
+    def settings(self, base: LabelSettings) -> LabelSettings:
+        """The spec's settings with this variant's changes applied (validated)."""
+        return base.updated(**self.model_dump(exclude_unset=True, exclude={"name"}))
+
+    def label(self, base: LabelSettings) -> str:
+        """A readable, unique name: prompt/strategy/kK/model[/ipr N][/other changed settings]."""
         if self.name:
             return self.name
-        parts = [self.prompt, "zero-shot" if self.shots == 0 else f"{self.strategy}/k{self.shots}", self.model]
-        if self.items_per_request > 1:
-            parts.append(f"ipr{self.items_per_request}")
+        s = self.settings(base)
+        parts = [s.prompt, "zero-shot" if s.shots == 0 else f"{s.strategy}/k{s.shots}", s.model]
+        if s.items_per_request > 1:
+            parts.append(f"ipr{s.items_per_request}")
+        named = {"prompt", "strategy", "shots", "model", "items_per_request", "base_url"}
+        parts += [f"{k}={v}" for k, v in self.model_dump(exclude_unset=True, exclude={"name"}).items() if k not in named]
         return "/".join(parts)
 
 
@@ -66,6 +66,7 @@ class EvalSpec(BaseModel):
     description: str = ""
     dataset: str
     taxonomy: str | None = None
+    settings: SettingsUpdate = Field(default_factory=SettingsUpdate)  # what every variant starts from
     split: Split
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[Variant] = Field(default_factory=list)
@@ -76,19 +77,26 @@ class EvalSpec(BaseModel):
     n_boot: int = Field(1000, ge=0)
     prices: str | None = None
 
-    def all_variants(self) -> list[Variant]:
-        """The grid's cartesian product, then the listed variants; names must be unique."""
+    def base(self, taxonomy: str | None = None) -> LabelSettings:
+        """The settings every variant updates: the defaults, the spec's `settings`, its taxonomy (resolved)."""
+        return LabelSettings().updated(**self.settings.model_dump(exclude_unset=True), taxonomy=taxonomy or self.taxonomy)
+
+    def all_variants(self, taxonomy: str | None = None) -> dict[str, LabelSettings]:
+        """Each variant's name and settings: the grid's cartesian product, then the listed variants; names are unique."""
         out: list[Variant] = []
         if self.grid:
             keys = list(self.grid)
             for combo in itertools.product(*(self.grid[k] for k in keys)):
                 out.append(Variant(**dict(zip(keys, combo))))
         out += self.variants
-        names = [v.label() for v in out]
+        base = self.base(taxonomy)
+        names = [v.label(base) for v in out]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SpecError(f"variant names repeat: {dupes}; give them distinct `name`s")
-        return out
+        if any(v.examples for v in out):
+            raise SpecError("a variant can't set `examples`: every variant draws its examples from the split's pool")
+        return {name: v.settings(base) for name, v in zip(names, out)}
 
 
 def load_spec(path: str | Path) -> tuple[EvalSpec, Path]:
@@ -178,12 +186,12 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     test = [index[i] for i in ids]
     pool = corpus.without(ids)
     taxonomy = _resolve(root, spec.taxonomy)
-    variants = spec.all_variants()
+    variants = spec.all_variants(taxonomy)
     if only:
-        unknown = sorted(set(only) - {v.label() for v in variants} - {BASELINE})
+        unknown = sorted(set(only) - set(variants) - {BASELINE})
         if unknown:
-            raise SpecError(f"no variant named {unknown}; variants: {[v.label() for v in variants]}")
-        variants = [v for v in variants if v.label() in only]
+            raise SpecError(f"no variant named {unknown}; variants: {list(variants)}")
+        variants = {name: v for name, v in variants.items() if name in only}
     out_dir = Path(out or Path("runs") / f"eval-{spec.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     prices = load_prices(_resolve(root, spec.prices))
@@ -192,11 +200,10 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     rows: list[dict[str, Any]] = []
     preds_by_variant: dict[str, list[list[str] | None]] = {}
 
-    for v in variants:
-        name = v.label()
-        labeler = Labeler(v.model, examples=pool, taxonomy=taxonomy, prompt=_prompt_path(root, v.prompt),
-                          shots=v.shots, strategy=v.strategy, base_url=v.base_url, items_per_request=v.items_per_request,
-                          concurrency=spec.concurrency, cache_dir=cache_dir)
+    options = RunOptions(concurrency=spec.concurrency, cache_dir=cache_dir)
+    for name, settings in variants.items():
+        resolved = settings.updated(prompt=_prompt_path(root, settings.prompt))
+        labeler = Labeler.from_settings(resolved, options, pool=pool)
         bar = Progress(len(test), 0, sys.stderr.isatty() if progress is None else progress, title=name)
         t0 = time.monotonic()
         try:
@@ -214,7 +221,7 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
         g_ok, p_ok = [gold[i] for i in ok], [preds[i].labels for i in ok]
         metrics = score(g_ok, p_ok, scored_labels(g_ok, p_ok), n_boot=spec.n_boot) if ok else None
         preds_by_variant[name] = [p.labels if p.status == "ok" else None for p in preds]
-        rows.append(_row(name, v.model_dump(), metrics, len(preds) - len(ok), len(test), usage, cost, seconds,
+        rows.append(_row(name, settings.model_dump(exclude_defaults=True), metrics, len(preds) - len(ok), len(test), usage, cost, seconds,
                          sum(p.cached for p in preds), labeler.prompt.ref))
         rows[-1]["calibration"] = calibration_of([preds[i].label_probs for i in ok], g_ok, classes,
                                                  [preds[i].id for i in ok])
@@ -371,6 +378,6 @@ def check_gates(result: dict[str, Any], gates: list[str]) -> list[str]:
 
 def run_eval(spec_path: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Sync wrapper of `arun_eval`."""
-    from ._labeler import run_sync
+    from ._loop import run_sync
 
     return run_sync(arun_eval(spec_path, **kwargs))

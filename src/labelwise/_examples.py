@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.example_selectors import BaseExampleSelector
 
 from ._corpus import Corpus, Item, item_id
 
-__all__ = ["PoolSelector", "SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector", "STRATEGIES"]
+__all__ = ["PoolSelector", "SimilarSelector", "DiverseSelector", "RandomSelector", "FixedSelector", "make_selector", "STRATEGIES",
+           "ExamplePicker"]
 
 
 def _as_example(it: Item) -> dict[str, Any]:
@@ -201,3 +203,35 @@ def make_selector(strategy: str, pool: Corpus | list[Item], k: int, seed: int = 
     except KeyError:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {sorted(STRATEGIES)}") from None
     return cls(pool, k, seed)
+
+
+class ExamplePicker:
+    """The examples of each request: selected in bulk ahead of asking, never an item itself or a batch-mate."""
+
+    def __init__(self, selector: PoolSelector, items_per_request: int = 1) -> None:
+        self.selector = selector
+        self.k = selector.k
+        self.spare = items_per_request - 1  # extra candidates per item, for when batch-mates are dropped
+        self._ready: dict[str, list[dict[str, Any]]] = {}
+
+    def prefetch(self, items: Sequence[tuple[str, str]]) -> None:
+        """Select examples for many (id, text) items in one vectorised pass."""
+        texts = [t for _, t in items]
+        for (iid, _), exs in zip(items, self.selector.select_many(texts, self.k + self.spare)):
+            self._ready[iid] = exs
+
+    def pick(self, items: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """K examples for a request of one or more items, interleaving each item's nearest in rank order."""
+        missing = [q for q in items if q[0] not in self._ready]
+        if missing:
+            self.prefetch(missing)
+        per_item = [self._ready.pop(iid) for iid, _ in items]
+        banned = {item_id(text) for _, text in items}
+        merged: dict[str, dict[str, Any]] = {}
+        for rank in range(max(map(len, per_item), default=0)):
+            for exs in per_item:
+                if rank < len(exs) and exs[rank]["id"] not in banned:
+                    merged.setdefault(exs[rank]["id"], exs[rank])
+            if len(merged) >= self.k:
+                break
+        return list(merged.values())[: self.k]

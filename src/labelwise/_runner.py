@@ -16,17 +16,15 @@ from ._corpus import Corpus, load_corpus
 from ._batch import BatchConfig, batchable
 from ._exceptions import FatalTransportError, RunError
 from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
-from ._labeler import Labeler, LabelerConfig
+from ._labeler import Labeler
 from ._prices import cost_of, estimate_tokens, load_prices
 from ._progress import Progress
 from ._prompts import EXAMPLE_MAX_CHARS
 from ._redact import redact
 from ._schema import Prediction
+from ._settings import LabelSettings, RunOptions
 
 __all__ = ["RelabelConfig", "relabel", "arelabel", "select_items"]
-
-_OPERATIONAL = {"concurrency", "rpm", "tpm", "cache", "cache_dir", "timeout"}
-
 
 class RelabelConfig(BaseModel):
     """A relabel run: input, output directory, what to label and how."""
@@ -47,7 +45,8 @@ class RelabelConfig(BaseModel):
     encoding: str | None = None  # None = UTF-8, or GB18030 when the file plainly is not UTF-8 (a guess; warned)
     batch: BatchConfig | None = None  # through batch files (Batch API, or export / import) instead of online calls
     triage: Literal["llm", "corpus", "ensemble"] = "ensemble"  # what ranks label_issues.csv
-    labeler: LabelerConfig = Field(default_factory=LabelerConfig)
+    settings: LabelSettings = Field(default_factory=LabelSettings)  # examples None: the input itself, leave-one-out
+    options: RunOptions = Field(default_factory=RunOptions)
 
 
 def _sha256(path: str | Path) -> str:
@@ -69,12 +68,11 @@ def select_items(corpus: Corpus, limit: int | None, sample: int | None, seed: in
 
 
 def _fingerprint(cfg: RelabelConfig, input_hash: str, labeler: Labeler) -> dict[str, Any]:
-    """What a run's answers depend on; resuming with anything else mixes answers, so it is refused."""
-    settings = cfg.labeler.model_dump(exclude=_OPERATIONAL)
+    """What a run's answers depend on: its items, and the labeler's own fingerprint (what decides each answer).
+    Resuming with anything else mixes answers, so it is refused."""
     return {
         "input_sha256": input_hash, "text_col": cfg.text_col, "label_col": cfg.label_col, "skip_bad": cfg.skip_bad,
-        "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed,
-        "prompt": labeler.prompt.ref, "model": labeler.model.name, "settings": settings,
+        "limit": cfg.limit, "sample": cfg.sample, "seed": cfg.seed, "labeler": labeler.fingerprint,
         # only when set, so run directories made before these options existed still resume
         **{k: v for k, v in (("header", cfg.header), ("encoding", cfg.encoding)) if v is not None},
     }
@@ -94,16 +92,22 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
-def _check_resume(run_dir: Path, fingerprint: dict[str, Any], force: bool) -> None:
+def _check_resume(run_dir: Path, fingerprint: dict[str, Any], settings: dict[str, Any], force: bool) -> None:
+    """Refuse to resume a run whose answers would differ, naming what changed (as typed, else as resolved)."""
     state = run_dir / "run.json"
     if not state.exists():
         return
     import json
 
-    old = json.loads(state.read_text(encoding="utf-8")).get("fingerprint", {})
-    if old == fingerprint:
+    old = json.loads(state.read_text(encoding="utf-8"))
+    old_fp = old.get("fingerprint", {})
+    if old_fp == fingerprint:
         return
-    diffs = _differences(old, fingerprint)
+    outer = _differences({k: v for k, v in old_fp.items() if k != "labeler"},
+                         {k: v for k, v in fingerprint.items() if k != "labeler"})
+    inner = (_differences(old.get("settings", {}), settings, "settings.")
+             or _differences(old_fp.get("labeler", {}), fingerprint["labeler"], "labeler."))
+    diffs = outer + inner
     if not force:
         raise RunError(f"{run_dir} holds a run whose settings differ ({'; '.join(diffs)}); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
@@ -134,12 +138,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
     corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad,
                          header=cfg.header, encoding=cfg.encoding)
     items = select_items(corpus, cfg.limit, cfg.sample, cfg.seed)
-    lcfg = cfg.labeler
-    pool = lcfg.examples
-    labeler = Labeler(
-        lcfg.model, examples=corpus if pool is None else pool, taxonomy=lcfg.taxonomy, prompt=lcfg.prompt,
-        **lcfg.model_dump(exclude={"model", "examples", "taxonomy", "prompt"}),
-    )
+    labeler = Labeler.from_settings(cfg.settings, cfg.options, pool=None if cfg.settings.examples else corpus)
     if corpus.labeled:
         labeler.taxonomy.check_items(corpus.items, where=cfg.input)
     prices = load_prices(cfg.prices)
@@ -195,16 +194,16 @@ def _lock_run_dir(run_dir: Path):
 async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,
                started: datetime, t0: float, progress: bool | None) -> dict[str, Any]:
     """The run itself, with the run directory locked: resume, label, write the review files and the manifest."""
-    lcfg = cfg.labeler
-    pool = lcfg.examples
+    pool = cfg.settings.examples
     input_hash = _sha256(cfg.input)
     fingerprint = _fingerprint(cfg, input_hash, labeler)
     try:
-        _check_resume(run_dir, fingerprint, cfg.force)
+        _check_resume(run_dir, fingerprint, cfg.settings.model_dump(), cfg.force)
     except RunError:
         await labeler.aclose()
         raise
-    atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "started": started.isoformat()})
+    atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "settings": cfg.settings.model_dump(),
+                                            "started": started.isoformat()})
 
     pred_path = run_dir / "predictions.jsonl"
     gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
@@ -249,7 +248,7 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
         from ._cache import ResponseCache
         from ._triage import triage_run
 
-        memo = ResponseCache(lcfg.cache_dir) if lcfg.cache else None  # a rerun from the cache reuses its triage
+        memo = ResponseCache(cfg.options.cache_dir) if cfg.options.cache else None  # a cached rerun reuses its triage
         try:
             triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed, cache=memo)
         finally:
@@ -271,9 +270,9 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
                      "max_chars": EXAMPLE_MAX_CHARS,
                      "texts_cut_to_max_chars": sum(len(it.text) > EXAMPLE_MAX_CHARS for it in labeler.pool or [])},
         **labeler.model.describe(),
-        "prompt": labeler.prompt.ref, "strategy": lcfg.strategy, "shots": labeler.shots,
-        "taxonomy": labeler.taxonomy.source, "multi_label": lcfg.multi_label,
-        "items_per_request": lcfg.items_per_request, "concurrency": lcfg.concurrency,
+        "prompt": labeler.prompt.ref, "strategy": cfg.settings.strategy, "shots": labeler.shots,
+        "taxonomy": labeler.taxonomy.source, "multi_label": cfg.settings.multi_label,
+        "items_per_request": cfg.settings.items_per_request, "concurrency": cfg.options.concurrency,
         "counts": {"selected": len(items), "resumed": len(done), "redone_or_deduplicated_lines": redone,
                    "torn_bytes_repaired": torn, "labeled_now": len(rows) - len(done), **summary["counts"]},
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices) if batch is None
@@ -302,7 +301,7 @@ def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, 
     per_request = sum(prompt_tokens) / len(prompt_tokens)
     requests = -(-len(items) // size)
     est = {"prompt_tokens": int(per_request * requests),
-           "completion_tokens": int(len(items) * (8 * labeler.config.max_labels + (12 if labeler.json_answer else 2)))}
+           "completion_tokens": int(len(items) * (8 * labeler.settings.max_labels + (12 if labeler.json_answer else 2)))}
     return {
         "unique_texts": len(corpus), "to_label": len(items), "requests": requests,
         "example_prompt": labeler.render(items[0].text, id=items[0].id).text,
@@ -319,6 +318,6 @@ def _sum(*costs: float | None) -> float | None:
 
 def relabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Sync wrapper of `arelabel`."""
-    from ._labeler import run_sync
+    from ._loop import run_sync
 
     return run_sync(arelabel(cfg, progress=progress, dry_run=dry_run))

@@ -53,13 +53,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(ExitCode.FATAL if isinstance(err, FatalTransportError) else ExitCode.BAD_INPUT)
 
 
-def _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
-                     timeout) -> dict:
-    from ._labeler import DEFAULT_CORPUS
+def _settings(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, structured, **more):
+    """The label settings the shared options give (validated: a bad value is a clear error)."""
+    from ._settings import LabelSettings
 
-    return dict(model=model, base_url=base_url, examples=examples or DEFAULT_CORPUS, taxonomy=taxonomy, shots=shots,
-                strategy=strategy, prompt=prompt, multi_label=multi_label, cache=not no_cache, structured=structured,
-                timeout=timeout)
+    return LabelSettings(model=model, base_url=base_url, examples=str(examples) if examples else None,
+                         taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
+                         multi_label=multi_label, structured=structured, **more)
 
 
 @app.command()
@@ -83,11 +83,11 @@ def label(
 
     if texts == ["-"]:
         texts = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
-    opts = _labeler_options(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, no_cache, structured,
-                            timeout)
+    from ._settings import RunOptions
+
     try:
-        with Labeler(opts.pop("model"), examples=opts.pop("examples"), taxonomy=opts.pop("taxonomy"),
-                     prompt=opts.pop("prompt"), **opts) as labeler:
+        settings = _settings(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, structured)
+        with Labeler.from_settings(settings, RunOptions(cache=not no_cache, timeout=timeout)) as labeler:
             for pred in labeler.label_many(texts):
                 typer.echo(json.dumps(pred.model_dump(exclude={"raw"} if pred.status == "ok" else set()), ensure_ascii=False))
     except (LabelwiseError, ValueError) as err:
@@ -135,7 +135,7 @@ def relabel(
 ) -> None:
     """Relabel a dataset; write predictions, labels.csv, disagreements.csv, report.json/html, manifest.json."""
     from ._exceptions import LabelwiseError
-    from ._labeler import LabelerConfig
+    from ._settings import RunOptions
     from ._report import agreement_table
     from ._batch import BatchConfig
     from ._runner import RelabelConfig, relabel as run
@@ -147,12 +147,12 @@ def relabel(
             raise ValueError("use one of --batch, --batch-export, --batch-import")
         bcfg = BatchConfig(mode=modes[0], path=str(batch_export or batch_import or "") or None, wait=not no_wait,
                            reask="batch" if batch_reask else "online", poll_s=batch_poll) if modes else None
-        lcfg = LabelerConfig(model=model, base_url=base_url, examples=str(examples) if examples else None,
-                             taxonomy=str(taxonomy) if taxonomy else None, shots=shots, strategy=strategy, prompt=prompt,
-                             multi_label=multi_label, seed=seed, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                             items_per_request=items_per_request, cache=not no_cache, structured=structured, timeout=timeout)
+        settings = _settings(model, base_url, examples, taxonomy, shots, strategy, prompt, multi_label, structured,
+                             seed=seed, items_per_request=items_per_request)
+        options = RunOptions(concurrency=concurrency, rpm=rpm, tpm=tpm, cache=not no_cache, timeout=timeout)
         cfg = RelabelConfig(input=str(input), out=str(out), text_col=text_col, label_col=label_col, skip_bad=skip_bad, limit=limit,
-                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None, labeler=lcfg,
+                            sample=sample, seed=seed, force=force, prices=str(prices) if prices else None,
+                            settings=settings, options=options,
                             header=header, encoding=encoding, batch=bcfg, triage=triage)
         result = run(cfg, dry_run=dry_run)
     except (LabelwiseError, ValueError) as err:
