@@ -4,6 +4,7 @@ are those of a TF-IDF + logistic regression pipeline fitted per fold from scratc
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 
 import numpy as np
@@ -86,3 +87,56 @@ def test_a_rerun_from_the_cache_reuses_its_triage_and_a_changed_label_does_not(c
     data.write_text(data.read_text(encoding="utf-8").replace(f"{items[0].labels[0]}\t", f"{other}\t", 1), encoding="utf-8")
     changed = run("c")
     assert fitted == [1] and changed != first  # one existing label changed: triage runs again
+
+
+def test_corpus_ahead_fits_on_its_thread_once_and_is_read_back_from_the_cache(corpus, tmp_path, monkeypatch):
+    import threading
+
+    from labelwise import _triage
+    from labelwise._triage import CorpusAhead
+
+    items = [(it.id, it.text, it.labels) for it in corpus.items[:90]]
+    pool = corpus.without(i for i, _, _ in items[:60])
+    calls = []
+    real = _triage.corpus_probabilities
+
+    def recording(*a, **k):
+        calls.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(_triage, "corpus_probabilities", recording)
+    ahead = CorpusAhead(items, pool, corpus.labels, seed=1, cache_dir=str(tmp_path / "c"))
+    got = ahead.result_for(items, corpus.labels, 1)
+    assert calls == ["labelwise-triage"]
+    want = real(items, [(it.id, it.text, it.labels) for it in pool.items], corpus.labels, "multi", seed=1)
+    assert np.array_equal(got, want)
+    assert ahead.result_for(items[1:], corpus.labels, 1) is None  # other items: not for them
+    assert ahead.result_for(items, corpus.labels, 2) is None
+
+    again = CorpusAhead(items, pool, corpus.labels, seed=1, cache_dir=str(tmp_path / "c"))
+    assert np.array_equal(again.result_for(items, corpus.labels, 1), want) and calls == ["labelwise-triage"]
+    uncached = CorpusAhead(items, pool, corpus.labels, seed=1, cache_dir=str(tmp_path / "c"), cache=False)
+    assert np.array_equal(uncached.result_for(items, corpus.labels, 1), want) and len(calls) == 2
+
+
+def test_a_relabel_run_fits_the_corpus_classifier_while_labeling(corpus, tmp_path, fake_server, monkeypatch):
+    import threading
+
+    from labelwise import RelabelConfig, relabel
+    from labelwise import _triage
+    from labelwise._settings import LabelSettings, RunOptions
+
+    items = [it for it in corpus.items if len(it.labels) == 1][:60]
+    data = tmp_path / "input.tsv"
+    data.write_text("".join(f"{it.labels[0]}\t{it.text}\n" for it in items), encoding="utf-8")
+    server = fake_server(seed=3)
+    threads = []
+    real = _triage.corpus_probabilities
+    monkeypatch.setattr(_triage, "corpus_probabilities",
+                        lambda *a, **k: threads.append(threading.current_thread().name) or real(*a, **k))
+    relabel(RelabelConfig(input=str(data), out=str(tmp_path / "run"), options=RunOptions(cache=False),
+                          settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=0, examples=str(data))),
+            progress=False)
+    assert threads == ["labelwise-triage"]  # fitted once, on the thread started before labeling
+    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    assert report["triage"]["items"] == len(items) and report["triage"]["source"] in ("corpus", "ensemble")

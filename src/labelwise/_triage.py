@@ -41,7 +41,7 @@ from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
            "ensemble_cross_fitted", "label_quality", "calibrate_llm", "calibration_of", "ece_noise_floor", "triage",
-           "triage_run"]
+           "triage_run", "CorpusAhead"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
@@ -387,12 +387,13 @@ class Triage:
 
 
 def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
-           source: Source = "ensemble", *, seed: int = 0) -> Triage:
+           source: Source = "ensemble", *, seed: int = 0, ahead: CorpusAhead | None = None) -> Triage:
     """Rank labeled items by how likely their existing labels are wrong.
 
     `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None) and optionally
     `status` (a failed prediction's label_probs are not used).
     `pool`: (id, text, labels) of the example pool, training data for the corpus classifier.
+    `ahead`: the corpus classifier's probabilities, started before the model answered (used if for these items).
     """
     if source not in SOURCES:
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
@@ -415,7 +416,10 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     Q_llm, calibration = calibrate_llm(llm_probs, Y, folds, labels, mode)
     P_corpus = None
     if used in ("corpus", "ensemble"):
-        P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)
+        scored = [(r["id"], r["text"], list(r["gold"])) for r in items]
+        P_corpus = ahead.result_for(scored, labels, seed) if ahead is not None else None
+        if P_corpus is None:
+            P_corpus = corpus_probabilities(scored, pool, labels, mode, seed=seed)
     weights = None
     per_row_source = [used] * len(items)
     if used == "llm":
@@ -445,8 +449,67 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     return Triage([rows[i] for i in order], used, source, mode, notes, calibration, weights)
 
 
+class CorpusAhead:
+    """The corpus classifier's out-of-fold probabilities for a run's labeled items, fitted on a daemon thread while
+    the run is still labeling (they depend on the existing labels and the pool, never on the model's answers), or
+    read from the cache where an earlier run kept them. Fitting releases the GIL for most of its time."""
+
+    def __init__(self, scored: Sequence[tuple[str, str, Sequence[str]]], pool: Corpus | None, labels: Sequence[str], *,
+                 seed: int = 0, cache_dir: str | None = None, cache: bool = True) -> None:
+        import threading
+        from concurrent.futures import Future
+
+        self.scored = [(i, t, list(g)) for i, t, g in scored]
+        self.labels, self.seed = list(labels), seed
+        pool_items = _pool_items(pool)
+        self.future: Future[np.ndarray] = Future()
+        key = stable_hash({"code": _code_version(), "labels": self.labels, "seed": seed, "pool": pool_items,
+                           "scored": self.scored}) if cache else None
+        hit = _memo(cache_dir, key)
+        if hit is not None or not self.scored:
+            self.future.set_result(hit)
+            return
+
+        def fit() -> None:
+            try:
+                P = corpus_probabilities(self.scored, pool_items, self.labels, mode_of([g for _, _, g in self.scored]),
+                                         seed=seed)
+                if key is not None:
+                    _memo(cache_dir, key, P)
+                self.future.set_result(P)
+            except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+                self.future.set_exception(err)
+
+        threading.Thread(target=fit, name="labelwise-triage", daemon=True).start()
+
+    def result_for(self, scored: Sequence[tuple[str, str, Sequence[str]]], labels: Sequence[str], seed: int
+                   ) -> np.ndarray | None:
+        """The probabilities, waiting for them, if they were started for exactly these items; else None."""
+        if [(i, t, list(g)) for i, t, g in scored] != self.scored or list(labels) != self.labels or seed != self.seed:
+            return None
+        return self.future.result()
+
+
+def _memo(cache_dir: str | None, key: str | None, value: Any = None) -> Any:
+    """Read (or, given a value, write) one entry of the corpus-probabilities memo in its own cache connection."""
+    if key is None:
+        return None
+    cache = ResponseCache(cache_dir)
+    try:
+        if value is None:
+            return cache.get("triage-corpus", key)
+        cache.set("triage-corpus", key, value)
+    finally:
+        cache.close()
+    return None
+
+
+def _pool_items(pool: Corpus | None) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
+
+
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
-               *, seed: int = 0, cache: ResponseCache | None = None) -> Triage:
+               *, seed: int = 0, cache: ResponseCache | None = None, ahead: CorpusAhead | None = None) -> Triage:
     """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs).
 
     With a `cache`, the result is kept under a hash of everything it depends on (the rows' ids, texts, existing labels
@@ -454,7 +517,7 @@ def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corp
     whose predictions all came from the cache does not fit the same classifiers again.
     """
     items = [r for r in rows if r.get("gold")]  # triage reads label_probs of ok rows only
-    pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
+    pool_items = _pool_items(pool)
     key = None
     if cache is not None:
         key = stable_hash({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
@@ -462,7 +525,7 @@ def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corp
                                                           r.get("label_probs")) for r in items]})
         if (hit := cache.get("triage", key)) is not None:
             return hit
-    result = triage(items, labels, pool_items, source, seed=seed)
+    result = triage(items, labels, pool_items, source, seed=seed, ahead=ahead)
     if cache is not None:
         cache.set("triage", key, result)
     return result
