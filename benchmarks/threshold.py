@@ -20,7 +20,7 @@ def sweep(gold: list[list[str]], probs: list[dict[str, float]], labels: list[str
           grid: list[float] | None = None) -> list[dict[str, float]]:
     """samples-F1, micro-F1 and labels per item of the predicted sets at each threshold of `grid`."""
     from labelwise._metrics import score
-    from labelwise._schema import labels_from_probs
+    from labelwise._answer import labels_from_probs
 
     rows = []
     for t in grid or [round(0.05 * i, 2) for i in range(1, 20)]:

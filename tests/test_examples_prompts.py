@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from labelwise import PromptError, load_prompt, load_taxonomy, normalize_text
+from labelwise._answer import LABEL_JOINER, label_confidence, parse_answer, parse_batch_answer, short_error
 from labelwise._examples import STRATEGIES, make_selector
 from labelwise._labeler import Labeler
-from labelwise._prompts import LABEL_JOINER, PROMPTS_DIR
-from labelwise._schema import label_confidence, parse_answer, parse_batch_answer, short_error
+from labelwise._prompts import PROMPTS_DIR
 
 PROMPT_FILES = sorted(p for p in PROMPTS_DIR.glob("*.yaml") if p.stem != "policy_taxonomy")
 K = 5
@@ -82,7 +82,7 @@ def test_each_prompt_renders(path, taxonomy, corpus):
     else:
         assert out.example_ids == ()
         assert examples[0]["text"] not in out.text
-    as_json = spec.render(text, taxonomy, examples, json_answer=True)
+    as_json = spec.render(text, taxonomy, examples, answer_format="json")
     assert as_json.text.startswith(out.text)
     assert '"labels"' in as_json.text
     batch = spec.render_batch([("1", "第一句。"), ("2", "第二句。")], taxonomy, examples)
@@ -297,11 +297,11 @@ def test_parse_answer_limits(labels):
 
 def test_parse_batch_answer_judges_each_item(labels):
     raw = json.dumps({"items": [{"id": "1", "labels": ["企业"]}, {"id": "2", "labels": ["航天产业"]}]}, ensure_ascii=False)
-    out = parse_batch_answer(raw, fmt="json", keys=("1", "2", "3"), labels=labels, multi_label=True, max_labels=3)
+    out = parse_batch_answer(raw, answer_format="json", keys=("1", "2", "3"), labels=labels, multi_label=True, max_labels=3)
     assert out["1"] == ["企业"]
     assert isinstance(out["2"], str) and "航天产业" in out["2"]
     assert out["3"] == "no answer for this item"
-    garbage = parse_batch_answer("nope", fmt="json", keys=("1",), labels=labels, multi_label=True, max_labels=3)
+    garbage = parse_batch_answer("nope", answer_format="json", keys=("1",), labels=labels, multi_label=True, max_labels=3)
     assert isinstance(garbage["1"], str)
 
 

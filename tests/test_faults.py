@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from benchmarks.fake_openai import OFF_LABEL
 from labelwise import Labeler, OpenAIModel
+from labelwise._answer import parse_answer, short_error
 from labelwise._labeler import run_sync
-from labelwise._schema import parse_answer, short_error
 
 TEXT = "对科技型中小企业的研发投入给予财政补助。"
 TEXT_LABELS = ["企业"]  # the only taxonomy label written in TEXT: what the fake server answers when it answers validly
@@ -264,7 +264,7 @@ def test_server_without_json_schema_steps_down_to_json_object(fake_server, pool)
     labeler = labeler_for(server, pool)
     pred = labeler.label(TEXT)
     assert pred.status == "ok", pred.error
-    assert labeler.model.mode == "json_object"
+    assert labeler.model.structured_mode == "json_object"
     assert [r["response_format"]["type"] for r in server.received] == ["json_schema", "json_object"]
     assert server.stats.completions == 1  # the rejected request is not a completion
 
@@ -277,7 +277,7 @@ def test_server_without_response_format_steps_down_to_prompt(fake_server, pool):
     assert pred.status == "ok", pred.error
     assert OFF_LABEL not in pred.labels and pred.labels and set(pred.labels) <= set(labeler.taxonomy.labels)
     assert pred.attempts == 2 and labeler.stats["reasks"] == 1
-    assert labeler.model.mode == "prompt"
+    assert labeler.model.structured_mode == "prompt"
     assert [r.get("response_format", {}).get("type") for r in server.received] == ["json_schema", "json_object", None, None]
     assert OFF_LABEL in server.received[-1]["messages"][-1]["content"]  # the re-ask named the invented label
 

@@ -5,6 +5,7 @@ Every misbehaving answer is a named mode of the fake server (`benchmarks.fake_op
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import logging
@@ -438,3 +439,30 @@ def test_attempts_count_every_request_sent(fake_server, pool):
     with quick_labeler(server, pool) as labeler:
         pred = labeler.label(TEXT)
     assert pred.status == "failed" and "gave up after 3 attempts" in pred.error and pred.attempts == 3
+
+
+# --------------------------------------------------------------------------- a bug in one worker
+
+
+def test_a_crash_in_one_group_stops_sending_but_lets_in_flight_answers_land(fake_server, pool):
+    """An unexpected error (a bug) in one worker is raised, but only after the answers other workers were already
+    waiting for have landed: they were paid for. No group is sent after the crash."""
+    server = fake_server(latency_s=2.0)
+    items = [(it.id, it.text) for it in pool.items[:12]]
+    seen = []
+    with quick_labeler(server, pool, concurrency=4, cache=False) as labeler:
+        real = labeler.asker.label_group
+
+        async def label_group(group):
+            if group[0][0] == items[0][0]:  # crash once the 3 other workers' requests are at the server
+                while len(server.received) < 3:
+                    await asyncio.sleep(0.005)
+                raise RuntimeError("a bug")
+            return await real(group)
+
+        labeler.asker.label_group = label_group
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_sync(labeler.alabel_items(items, on_result=seen.append))
+    assert len(server.received) == 3  # nothing sent after the crash
+    assert sorted(p.id for p in seen) == sorted(iid for iid, _ in items[1:4])
+    assert all(p.status == "ok" for p in seen)

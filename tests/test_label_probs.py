@@ -10,7 +10,7 @@ import pytest
 from labelwise import Labeler
 from labelwise._settings import DEFAULT_LABEL_THRESHOLD
 from labelwise._models import ModelAnswer
-from labelwise._schema import label_probs_from_logprobs, labels_from_probs
+from labelwise._answer import label_probs_from_logprobs, labels_from_probs
 from labelwise._scoring import CHUNK, chunk_cuts
 
 # ------------------------------------------------------------------ no model
@@ -38,7 +38,7 @@ def test_labels_from_probs_takes_the_top_label_then_those_over_the_threshold():
 def test_model_answer_round_trips_label_probs():
     answer = ModelAnswer("b", "probs", None, {"prompt_tokens": 3}, "scores", label_probs={"a": 0.25, "b": 0.75})
     again = ModelAnswer.from_dict(answer.to_dict())
-    assert again.label_probs == {"a": 0.25, "b": 0.75} and again.format == "probs"
+    assert again.label_probs == {"a": 0.25, "b": 0.75} and again.answer_format == "probs"
     assert ModelAnswer.from_dict({"text": "x", "format": "json"}).label_probs is None
 
 

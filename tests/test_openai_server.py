@@ -113,7 +113,7 @@ def test_openai_provider_returns_a_valid_prediction(served, held_out, policy_lab
     assert pred.prompt == load_prompt("fewshot").ref
     assert pred.model == "openai:gemma"
     assert not pred.cached
-    assert labeler.model.mode == "json_object"
+    assert labeler.model.structured_mode == "json_object"
     assert labeler.model.stats["requests"] == len(served.sent) == pred.attempts
 
 
@@ -183,7 +183,7 @@ def test_prompt_mode_fails_explicitly_with_this_model(llama_server, corpus, held
     with pytest.MonkeyPatch.context() as mp, labeler:
         sent = spy_on_requests(labeler.model, mp)
         pred = labeler.label(held_out[1].text)
-    assert labeler.model.mode == "prompt"
+    assert labeler.model.structured_mode == "prompt"
     assert len(sent) == 3 and all("response_format" not in req for req in sent)  # the answer and two re-asks
     assert [len(req["messages"]) for req in sent] == [1, 3, 5]  # each re-ask carries the answer and what was wrong
     assert pred.status == "failed" and pred.labels == []
@@ -202,7 +202,7 @@ def test_auto_mode_with_default_backoff_steps_down_to_json_object(llama_server, 
         assert labeler.model.structured == "auto" and labeler.model.max_wait == 60.0
     assert pred.status == "ok", pred.error
     assert set(pred.labels) <= policy_labels
-    assert labeler.model.mode == "json_object"
+    assert labeler.model.structured_mode == "json_object"
     assert [r["response_format"]["type"] for r in sent] == ["json_schema", "json_object"]
     assert labeler.model.stats == {"requests": 2, "retries": 0, "rate_limited": 0}  # the refusal cost no backoff
 

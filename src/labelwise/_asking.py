@@ -11,8 +11,10 @@ from pydantic import ValidationError
 
 from ._cache import ResponseCache, stable_hash
 from ._exceptions import FatalTransportError, ModelError, TransportError
-from ._models import REASK, Model, ModelAnswer, ModelRequest
-from ._schema import RAW_CAP, Prediction, label_confidence, labels_from_probs, parse_answer, parse_batch_answer, short_error
+from ._answer import batch_confidence, confidence, labels_of, parse_batch_answer, short_error
+from ._models import Model, ModelAnswer, ModelRequest
+from ._prompts import PromptSpec
+from ._schema import RAW_CAP, Prediction
 from ._settings import LabelSettings
 
 __all__ = ["Asker", "Key", "Plan"]
@@ -26,9 +28,10 @@ class Asker:
     """Turns planned requests into predictions: cache, model call, validation, re-asks, and the prediction memo."""
 
     def __init__(self, model: Model, cache: ResponseCache | None, settings: LabelSettings, labels: list[str],
-                 fingerprint: str, prompt_ref: str, plan: Plan, max_reasks: int) -> None:
+                 fingerprint: str, prompt: PromptSpec, plan: Plan, max_reasks: int) -> None:
         self.model, self.cache, self.settings, self.labels = model, cache, settings, labels
-        self.fingerprint, self.prompt_ref, self.plan, self.max_reasks = fingerprint, prompt_ref, plan, max_reasks
+        self.fingerprint, self.prompt, self.plan, self.max_reasks = fingerprint, prompt, plan, max_reasks
+        self.prompt_ref = prompt.ref
         self.fatal: FatalTransportError | None = None  # the first error that stops a run (auth, quota, not found)
         self.stats = {"model_calls": 0, "cache_hits": 0, "reasks": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
@@ -76,39 +79,6 @@ class Asker:
         if self.cache is not None:
             self.cache.set("answer", self.answer_key(request), answer.to_dict())
 
-    def _labels_of(self, answer: ModelAnswer) -> list[str]:
-        """The validated label set of an answer: from its probabilities (a scoring model) or its text."""
-        s = self.settings
-        if answer.format == "probs":
-            probs = answer.label_probs or {}
-            if set(probs) != set(self.labels):
-                raise ValueError(f"scores for {sorted(probs)} do not cover the taxonomy")
-            return labels_from_probs(probs, s.multi_label, s.max_labels, s.label_threshold)
-        return parse_answer(answer.text, answer.format, self.labels, s.multi_label, s.max_labels)
-
-    @staticmethod
-    def _confidence(answer: ModelAnswer, label: str) -> float | None:
-        """The probability of the top label: its entry in the label probabilities, else from its tokens' log-probs."""
-        if answer.label_probs and label in answer.label_probs:
-            return answer.label_probs[label]
-        return label_confidence(answer.text, answer.tokens, label)
-
-    @staticmethod
-    def _batch_confidence(answer: ModelAnswer | None, key: str, label: str) -> float | None:
-        """Confidence of an item's first label: the tokens spelling it after the item's id in the answer."""
-        if not answer or not answer.tokens:
-            return None
-        marker = f"[{key}] " if answer.format == "lines" else f'"{key}"'
-        at = answer.text.find(marker)
-        if at < 0:
-            return None
-        pos, rest = 0, []
-        for tok, lp in answer.tokens:
-            if pos >= at:
-                rest.append((tok, lp))
-            pos += len(tok)
-        return label_confidence(answer.text[at:], rest, label) if rest else None
-
     # ------------------------------------------------------------------ one item
 
     async def label_one(self, iid: str, text: str, request: ModelRequest, example_ids: list[str], *,
@@ -139,18 +109,19 @@ class Asker:
                 usage[k] += answer.usage.get(k, 0)
             raw = answer.text
             try:
-                labels = self._labels_of(answer)
+                labels = labels_of(answer, self.labels, self.settings.multi_label, self.settings.max_labels,
+                                   self.settings.label_threshold)
             except (ValidationError, ValueError) as err:
                 self.stats["reasks"] += attempt <= self.max_reasks
                 error = short_error(err)
                 echoed = answer.text if len(answer.text) <= RAW_CAP else answer.text[:RAW_CAP] + "…"
-                request = replace(request, reasks=request.reasks + ((echoed, REASK.format(error=error)),))
+                request = replace(request, reasks=request.reasks + ((echoed, self.prompt.render_reask(error)),))
                 if defer is not None and attempt <= self.max_reasks:
                     defer(request, attempt + 1)
                     return None
                 continue
             self._remember(request, answer)
-            pred = Prediction(**base, labels=labels, confidence=self._confidence(answer, labels[0]),
+            pred = Prediction(**base, labels=labels, confidence=confidence(answer, labels[0]),
                               label_probs=answer.label_probs, attempts=sent, usage=usage, cached=all_cached)
             self._store(pred)
             return pred
@@ -203,7 +174,7 @@ class Asker:
         if isinstance(answer, Exception):
             answer, results = None, {k: str(answer) for k in keys}
         else:
-            results = parse_batch_answer(answer.text, answer.format, keys, self.labels, s.multi_label, s.max_labels)
+            results = parse_batch_answer(answer.text, answer.answer_format, keys, self.labels, s.multi_label, s.max_labels)
         share = {k: v // len(items) for k, v in (answer.usage.items() if answer else [])}
         if answer and all(isinstance(v, list) for v in results.values()):
             self._remember(request, answer)
@@ -213,7 +184,7 @@ class Asker:
             if isinstance(labels, list):
                 pred = Prediction(id=iid, text=text, labels=labels, examples=example_ids, prompt=self.prompt_ref,
                                   model=self.model.name, usage=share, cached=cached, attempts=answer.attempts,
-                                  confidence=self._batch_confidence(answer, key, labels[0]))
+                                  confidence=batch_confidence(answer, key, labels[0]))
                 self._store(pred)
                 out[iid] = pred
             elif self.fatal is not None:  # no more requests once the run must stop

@@ -16,7 +16,7 @@ from ._exceptions import CorpusError
 from ._io import bundled
 
 __all__ = ["Item", "Corpus", "SkippedLine", "load_corpus", "normalize_text", "item_id", "corpus_from_records",
-           "check_text", "column_texts", "DEFAULT_CORPUS"]
+           "check_text", "column_texts", "decode_text", "DEFAULT_CORPUS"]
 
 DEFAULT_CORPUS = bundled("labelwise.data") / "policy_labels.tsv"
 
@@ -149,7 +149,7 @@ def corpus_from_records(
     return Corpus(items, path=path, rows=rows, duplicate_rows=duplicates, labeled=labeled)
 
 
-def _decode(data: bytes, path: Path, encoding: str | None = None) -> tuple[str, str]:
+def decode_text(data: bytes, path: Path, encoding: str | None = None) -> tuple[str, str]:
     """Decode as `encoding`, else UTF-8, or GB18030 when the file is plainly not UTF-8; a bad byte names its place."""
     if encoding is not None:
         import codecs
@@ -261,10 +261,10 @@ def load_corpus(
         skipped.append(SkippedLine(line, err.reason))
 
     if fmt in ("tsv", "txt") and text_col is None:
-        text, used = _decode(path.read_bytes(), path, encoding)
+        text, used = decode_text(path.read_bytes(), path, encoding)
         corpus = _read_label_tab_text(text.splitlines(), path, bad, plain=(fmt == "txt"), header=header)
     elif fmt == "jsonl":
-        text, used = _decode(path.read_bytes(), path, encoding)
+        text, used = decode_text(path.read_bytes(), path, encoding)
         corpus = _read_jsonl(text.splitlines(), path, bad, text_col, label_col, label_sep, require_labels)
     elif fmt in ("csv", "tsv", "parquet"):
         corpus = _read_table(path, fmt, bad, text_col, label_col, label_sep, encoding, require_labels)
@@ -372,7 +372,7 @@ def _read_table(path: Path, fmt: str, bad, text_col, label_col, label_sep, encod
         if fmt == "parquet":
             df = pd.read_parquet(path)
         else:
-            text, encoding = _decode(path.read_bytes(), path, encoding_override)
+            text, encoding = decode_text(path.read_bytes(), path, encoding_override)
             with warnings.catch_warnings():
                 # index_col=False: a first row with one field too many must not silently become an index column
                 # (shifting every column); pandas then warns of the data it would drop, which is an error here

@@ -18,7 +18,8 @@ from ._models import Model, ModelAnswer, ModelOptions, ModelRequest, get_model
 from ._prompts import PromptSpec, Rendered, load_prompt
 from ._ratelimit import RateLimiter
 from ._scheduler import label_groups
-from ._schema import Prediction, answer_model, batch_answer_model
+from ._answer import answer_model, batch_answer_model, batch_keys
+from ._schema import Prediction
 from ._settings import LabelSettings, RunOptions, split_options
 from ._taxonomy import Taxonomy, load_taxonomy
 
@@ -85,7 +86,7 @@ class Labeler:
         # A model the registry made for us is ours to close, unless it is shared; a model passed in is the caller's.
         self._owns_model = model is None and self.model.owned
         self.shots = settings.shots if self.prompt.uses_examples and self.pool is not None else 0
-        self.json_answer = self.model.answer_format == "json"
+        self.answer_format = self.model.answer_format
         # A label-scoring model answers one item per request: each item is scored on its own (its KV prefix reuse
         # does what batching would), so items_per_request does not apply to it.
         self.items_per_request = 1 if self.model.scores_labels else settings.items_per_request
@@ -98,13 +99,13 @@ class Labeler:
             "definitions": self.taxonomy.definitions, "strategy": settings.strategy, "shots": self.shots,
             "selector": selector.identity() if selector else None, "seed": settings.seed,
             "multi": settings.multi_label, "max_labels": settings.max_labels, "temperature": settings.temperature,
-            "json": self.json_answer, "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
+            "json": self.answer_format == "json", "pool": stable_hash([(it.id, it.labels) for it in self.pool]) if self.shots else None,
             "ipr": self.items_per_request,
             "threshold": settings.label_threshold if self.model.scores_labels and settings.multi_label else None,
         }))
         cache = ResponseCache(options.cache_dir) if options.cache else None
         self.asker = Asker(self.model, cache, settings, self.taxonomy.labels, stable_hash(self.fingerprint),
-                           self.prompt.ref, self.plan_request, options.max_reasks)
+                           self.prompt, self.plan_request, options.max_reasks)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -121,7 +122,7 @@ class Labeler:
     def render(self, text: str, *, id: str | None = None) -> Rendered:
         """The exact prompt this labeler would send for `text`, and the ids of the examples in it."""
         examples = self.examples.pick([(id or item_id(text), text)]) if self.examples else []
-        return self.prompt.render(normalize_text(text), self.taxonomy, examples, json_answer=self.json_answer)
+        return self.prompt.render(normalize_text(text), self.taxonomy, examples, answer_format=self.answer_format)
 
     def plan_request(self, items: Sequence[Key]) -> tuple[ModelRequest, list[str]]:
         """The request the online path sends for one item or a group of items, and the ids of its examples."""
@@ -132,10 +133,10 @@ class Labeler:
             iid, text = items[0]
             rendered = self.render(text, id=iid)
             return replace(request, prompt=rendered.text), list(rendered.example_ids)
-        keys = tuple(str(n) for n in range(1, len(items) + 1))
+        keys = batch_keys(len(items))
         examples = self.examples.pick(items) if self.examples else []
         rendered = self.prompt.render_batch([(k, normalize_text(t)) for k, (_, t) in zip(keys, items)], self.taxonomy,
-                                            examples, json_answer=self.json_answer)
+                                            examples, answer_format=self.answer_format)
         schema = batch_answer_model(keys, self.taxonomy.labels, s.multi_label, s.max_labels).model_json_schema()
         return replace(request, prompt=rendered.text, batch=True, schema=schema, keys=keys), list(rendered.example_ids)
 

@@ -13,15 +13,14 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._answer import TokenAlternatives, answer_format_name, label_probs_from_logprobs, label_terminators
 from ._exceptions import FatalTransportError, ModelConfigError, TransportError
-from ._prompts import LABEL_JOINER
 from ._ratelimit import RateLimiter
 from ._redact import install_log_redaction, redact, register_secret
-from ._schema import TokenAlternatives, label_probs_from_logprobs
 
 __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel", "LocalModel", "get_model", "register_model",
            "STRUCTURED_MODES"]
@@ -29,13 +28,13 @@ __all__ = ["ModelRequest", "ModelAnswer", "Model", "ModelOptions", "OpenAIModel"
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
 RETRYABLE_STATUS = {408, 409, 429}
 TOP_LOGPROBS = 20  # alternatives asked for at each token of a structured answer (OpenAI's maximum): label_probs
-REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
 RAW_BODY_CAP = 2000  # characters of a malformed response body kept in the error record
 
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """What to ask: a completion-style prompt, the label set, the JSON schema of a valid answer."""
+    """What to ask: a completion-style prompt, the label set, the JSON schema of a valid answer, and any re-ask
+    turns (each an invalid answer and the prompt's re-ask text saying what was wrong with it)."""
 
     prompt: str
     labels: tuple[str, ...]
@@ -49,35 +48,59 @@ class ModelRequest:
     max_tokens: int = 256
 
 
-@dataclass
+@dataclass(init=False)
 class ModelAnswer:
-    """What came back: raw text in `format` ("json", "labels" or "probs"), per-token log-probs when given, usage,
-    and a probability for every taxonomy label when the model gives them (format "probs": the answer IS them)."""
+    """What came back: raw text in `answer_format` ("json", "lines" or "probs", see `_answer`), per-token log-probs
+    when given, usage, the structured-output mode that produced it (OpenAI-compatible servers), and a probability
+    for every taxonomy label when the model gives them ("probs": the answer IS them)."""
 
     text: str
-    format: str
-    tokens: list[tuple[str, float]] | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    mode: str = ""
-    attempts: int = 1  # requests sent for this answer (transport retries included); not cached
-    label_probs: dict[str, float] | None = None
+    answer_format: str
+    tokens: list[tuple[str, float]] | None
+    usage: dict[str, int]
+    structured_mode: str
+    attempts: int  # requests sent for this answer (transport retries included); not cached
+    label_probs: dict[str, float] | None
+
+    def __init__(self, text: str, answer_format: str = "json", tokens: list[tuple[str, float]] | None = None,
+                 usage: dict[str, int] | None = None, structured_mode: str = "", attempts: int = 1,
+                 label_probs: dict[str, float] | None = None, *, format: str | None = None,
+                 mode: str | None = None) -> None:
+        """`format=` and `mode=` are the older keywords of `answer_format` and `structured_mode`."""
+        self.text = text
+        self.answer_format = answer_format_name(format if format is not None else answer_format)
+        self.tokens = tokens
+        self.usage = {} if usage is None else usage
+        self.structured_mode = mode if mode is not None else structured_mode
+        self.attempts = attempts
+        self.label_probs = label_probs
+
+    @property
+    def format(self) -> str:
+        """The older name of `answer_format`."""
+        return self.answer_format
+
+    @property
+    def mode(self) -> str:
+        """The older name of `structured_mode`."""
+        return self.structured_mode
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "format": self.format, "tokens": self.tokens, "usage": self.usage, "mode": self.mode,
-                "label_probs": self.label_probs}
+        return {"text": self.text, "answer_format": self.answer_format, "tokens": self.tokens, "usage": self.usage,
+                "structured_mode": self.structured_mode, "label_probs": self.label_probs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelAnswer:
         toks = [tuple(t) for t in d["tokens"]] if d.get("tokens") is not None else None
-        return cls(d["text"], d["format"], toks, dict(d.get("usage") or {}), d.get("mode", ""),
-                   label_probs=d.get("label_probs"))
+        return cls(d["text"], d.get("answer_format") or d["format"], toks, dict(d.get("usage") or {}),
+                   d.get("structured_mode", d.get("mode", "")), label_probs=d.get("label_probs"))
 
 
 class Model(ABC):
     """A labeling model: an async `complete` and an identity for cache keys."""
 
     name: str
-    answer_format: str = "json"
+    answer_format: str = "json"  # how its answers come: "json", "lines" or "probs" (see `_answer`); decides the prompt
     scores_labels: bool = False  # answers with a probability for every label instead of text (one item a request)
     # Whether the labeler that asked the registry for this model closes it (a shared, process-wide model is not closed).
     owned: bool = True
@@ -271,12 +294,17 @@ class OpenAIModel(Model):
                 "top_logprobs": TOP_LOGPROBS}
 
     def describe(self) -> dict[str, Any]:
-        return {**self.identity(), "structured_mode": self.mode, "transport": dict(self.stats)}
+        return {**self.identity(), "structured_mode": self.structured_mode, "transport": dict(self.stats)}
+
+    @property
+    def structured_mode(self) -> str:
+        """The structured-output mode in use (the first that the server accepted)."""
+        return self.modes[0]
 
     @property
     def mode(self) -> str:
-        """The structured-output mode in use (the first that the server accepted)."""
-        return self.modes[0]
+        """The older name of `structured_mode`."""
+        return self.structured_mode
 
     def _messages(self, request: ModelRequest, mode: str) -> list[dict[str, str]]:
         """The prompt as one user turn (it already says how to answer), then any re-ask turns."""
@@ -294,7 +322,7 @@ class OpenAIModel(Model):
 
     def chat_body(self, request: ModelRequest, mode: str | None = None) -> dict[str, Any]:
         """The chat-completions request body for `request`: what is sent online and written into batch files."""
-        mode = mode or self.mode
+        mode = mode or self.structured_mode
         body: dict[str, Any] = {
             "model": self.model,
             "messages": self._messages(request, mode),
@@ -405,7 +433,7 @@ class OpenAIModel(Model):
         """The answer in a chat.completion body (a batch output line's), read as an online response is."""
         from openai.types.chat import ChatCompletion
 
-        return self._answer(ChatCompletion.model_validate(body), mode or self.mode)
+        return self._answer(ChatCompletion.model_validate(body), mode or self.structured_mode)
 
     def _answer(self, resp, mode: str, request: ModelRequest | None = None) -> ModelAnswer:
         choice = resp.choices[0]
@@ -466,7 +494,7 @@ class LocalModel(Model):
     answer is ever invalid, and the labeler decides the predicted set from the probabilities.
     """
 
-    answer_format = "labels"
+    answer_format = "probs"
     scores_labels = True
     owned = False  # one instance per GGUF per process (see the registry), shared by every labeler
 
@@ -508,9 +536,9 @@ class LocalModel(Model):
 
         if request.keys:
             raise ModelConfigError("the embedded model scores one item per request (items_per_request is 1 for it)")
-        ends = (LABEL_JOINER, "\n") if request.multi_label and request.max_labels > 1 else ("\n",)
         try:
-            logps, counts = self.scorer().score(request.prompt, request.labels, ends)
+            logps, counts = self.scorer().score(request.prompt, request.labels,
+                                                label_terminators(request.multi_label, request.max_labels))
         except ValueError as err:  # the prompt does not fit the context
             raise ModelConfigError(str(err)) from None
         probs = np.exp(logps - logps.max())
@@ -519,7 +547,7 @@ class LocalModel(Model):
         top = request.labels[int(np.argmax(probs))]
         # completion_tokens: the label-trie tokens scored after the prompt (nothing is generated)
         usage = {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["scored_tokens"]}
-        return ModelAnswer(top, "probs", None, usage, "scores", label_probs=label_probs)
+        return ModelAnswer(top, "probs", None, usage, label_probs=label_probs)
 
     async def complete(self, request: ModelRequest) -> ModelAnswer:
         return await asyncio.to_thread(self._complete_sync, request)

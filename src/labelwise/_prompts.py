@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ._answer import LABEL_JOINER, item_line
 from ._exceptions import PromptError
 from ._io import bundled, parse_yaml
 from ._taxonomy import Taxonomy
 
-__all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "LABEL_JOINER", "EXAMPLE_MAX_CHARS"]
+__all__ = ["PromptSpec", "Rendered", "load_prompt", "PROMPTS_DIR", "EXAMPLE_MAX_CHARS"]
 
 PROMPTS_DIR = bundled("labelwise.prompts")
-LABEL_JOINER = "、"
 EXAMPLE_MAX_CHARS = 2000  # an example text longer than this is cut (with "…"): one huge text must not fill every prompt
 _FIELDS = {"name", "description", "prefix", "example", "separator", "suffix", "batch_suffix", "batch_completion",
-           "json_instruction"}
+           "json_instruction", "reask"}
 _DEFAULT_JSON_INSTRUCTION = '只输出一个JSON对象，格式为 {{"labels": ["类别", ...]}}，类别必须取自上面的类别列表。'
 _DEFAULT_BATCH_SUFFIX = (
     "请为下面每个句子分别给出类别。每个句子前的方括号里是它的编号。\n{items}\n"
     '只输出一个JSON对象，格式为 {{"items": [{{"id": "编号", "labels": ["类别", ...]}}, ...]}}，每个编号恰好一次。'
 )
 _DEFAULT_BATCH_COMPLETION = "\n下面每个句子前的方括号里是它的编号。\n{items}\n\n各句的类别依次为：\n"
+# The user turn after an invalid answer; {error} is what was wrong with it.
+_DEFAULT_REASK = "上一个回答无效：{error}\n请重新回答，只用给定的类别。"
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,16 @@ class PromptSpec:
     batch_suffix: str = _DEFAULT_BATCH_SUFFIX
     batch_completion: str = _DEFAULT_BATCH_COMPLETION
     json_instruction: str = _DEFAULT_JSON_INSTRUCTION
+    reask: str = _DEFAULT_REASK
     description: str = ""
 
     @cached_property
     def hash(self) -> str:
-        """Hash of the template's text, so a changed prompt never reuses an old answer unnoticed."""
-        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()[:12]
+        """Hash of the file's text and of every part in effect (defaults included), so a changed prompt, re-ask
+        or answer instruction never reuses an old answer unnoticed."""
+        parts = [self.source, self.prefix, self.example, self.suffix, self.separator, self.batch_suffix,
+                 self.batch_completion, self.json_instruction, self.reask]
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:12]
 
     @property
     def ref(self) -> str:
@@ -70,7 +77,8 @@ class PromptSpec:
         from langchain_core.prompts import PromptTemplate
 
         parts = {"prefix": self.prefix, "suffix": self.suffix, "batch_suffix": self.batch_suffix,
-                 "batch_completion": self.batch_completion, "json_instruction": self.json_instruction}
+                 "batch_completion": self.batch_completion, "json_instruction": self.json_instruction,
+                 "reask": self.reask}
         if self.example:
             parts["example"] = self.example
         try:
@@ -98,24 +106,39 @@ class PromptSpec:
                 parts.append(self._fill("example", {**ctx, "text": text, "labels": LABEL_JOINER.join(ex["labels"])}))
         return parts
 
-    def render(self, text: str, taxonomy: Taxonomy, examples: list[dict[str, Any]], *, json_answer: bool = False) -> Rendered:
-        """The prompt for one text: prefix, examples, the text; a JSON answer instruction when asked."""
+    def render(self, text: str, taxonomy: Taxonomy, examples: list[dict[str, Any]], *, answer_format: str = "lines",
+               json_answer: bool | None = None) -> Rendered:
+        """The prompt for one text: prefix, examples, the text; the JSON answer instruction for `answer_format`
+        "json" (`json_answer=True` is the older spelling of that)."""
+        answer_format = _format_of(answer_format, json_answer)
         ctx = self._context(taxonomy)
         parts = self._head(taxonomy, examples) + [self._fill("suffix", {**ctx, "text": text})]
         body = self.separator.join(p.rstrip("\n") for p in parts)
-        if json_answer:
+        if answer_format == "json":
             body = body + "\n" + self._fill("json_instruction", ctx)
         return Rendered(body, tuple(ex["id"] for ex in examples if self.example))
 
     def render_batch(self, items: list[tuple[str, str]], taxonomy: Taxonomy, examples: list[dict[str, Any]], *,
-                     json_answer: bool = True) -> Rendered:
+                     answer_format: str = "json", json_answer: bool | None = None) -> Rendered:
         """One prompt for several (key, text) items, static parts first so prefix caches help."""
+        json_out = _format_of(answer_format, json_answer) == "json"
         ctx = self._context(taxonomy)
-        listing = "\n".join(f"[{key}] {text}" for key, text in items)
-        tail = self._fill("batch_suffix" if json_answer else "batch_completion", {**ctx, "items": listing})
+        listing = "\n".join(item_line(key, text) for key, text in items)
+        tail = self._fill("batch_suffix" if json_out else "batch_completion", {**ctx, "items": listing})
         body = self.separator.join(p.rstrip("\n") for p in self._head(taxonomy, examples))
-        return Rendered(body + "\n" + tail.lstrip("\n") if json_answer else body + "\n" + tail,
+        return Rendered(body + "\n" + tail.lstrip("\n") if json_out else body + "\n" + tail,
                         tuple(ex["id"] for ex in examples if self.example))
+
+    def render_reask(self, error: str) -> str:
+        """The user turn that re-asks after an invalid answer, saying what was wrong with it."""
+        return self._fill("reask", {"error": error})
+
+
+def _format_of(answer_format: str, json_answer: bool | None) -> str:
+    """The answer format a render call asks for; `json_answer` (the older keyword), when given, decides it."""
+    if json_answer is None:
+        return answer_format
+    return "json" if json_answer else "lines"
 
 
 def load_prompt(name_or_path: str | Path) -> PromptSpec:
@@ -146,7 +169,10 @@ def load_prompt(name_or_path: str | Path) -> PromptSpec:
         batch_suffix=data.get("batch_suffix", _DEFAULT_BATCH_SUFFIX),
         batch_completion=data.get("batch_completion", _DEFAULT_BATCH_COMPLETION),
         json_instruction=data.get("json_instruction", _DEFAULT_JSON_INSTRUCTION),
+        reask=data.get("reask", _DEFAULT_REASK),
         description=data.get("description", ""),
     )
-    spec._templates  # validate syntax now, not mid-run
+    unknown_vars = set(spec._templates["reask"].input_variables) - {"error"}
+    if unknown_vars:  # a re-ask is only rendered after an invalid answer: say so now, not mid-run
+        raise PromptError(f"reask uses unknown variables {sorted(unknown_vars)}; known: ['error']", path=path)
     return spec

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from ._corpus import LABEL_COLUMNS, TEXT_COLUMNS, _decode, item_id, load_corpus
+from ._corpus import LABEL_COLUMNS, TEXT_COLUMNS, decode_text, item_id, load_corpus
 from ._exceptions import LabelStudioError, ReviewError
 from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, write_jsonl
 from ._redact import install_log_redaction, redact, register_secret
@@ -448,7 +448,7 @@ def _apply_table(path: Path, fmt: str, fixes: dict[str, list[str]], text_col: st
     if fmt == "parquet":
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(io.StringIO(_decode(path.read_bytes(), path, given)[0]), sep="\t" if fmt == "tsv" else ",",
+        df = pd.read_csv(io.StringIO(decode_text(path.read_bytes(), path, given)[0]), sep="\t" if fmt == "tsv" else ",",
                          dtype=str, keep_default_na=False)
     tcol = text_col or next(c for c in TEXT_COLUMNS if c in df.columns)
     lcol = label_col or next((c for c in LABEL_COLUMNS if c in df.columns), None)
@@ -488,9 +488,9 @@ def apply_corrections(corpus: str | Path, corrections: str | Path, out: str | Pa
     new = {iid: list(dict.fromkeys(r["labels"])) for iid, r in fixes.items()}
     fmt = corpus.suffix.lstrip(".").lower()
     if fmt in ("tsv", "txt") and text_col is None:
-        data = _apply_tsv(_decode(corpus.read_bytes(), corpus, encoding)[0], new).encode(loaded.encoding)
+        data = _apply_tsv(decode_text(corpus.read_bytes(), corpus, encoding)[0], new).encode(loaded.encoding)
     elif fmt == "jsonl":
-        data = _apply_jsonl(_decode(corpus.read_bytes(), corpus, encoding)[0], new, text_col, label_col).encode(loaded.encoding)
+        data = _apply_jsonl(decode_text(corpus.read_bytes(), corpus, encoding)[0], new, text_col, label_col).encode(loaded.encoding)
     else:
         data = _apply_table(corpus, fmt, new, text_col, label_col, loaded.encoding, encoding)
     changes = [{"id": iid, "text": _cell(by_id[iid].text), "old_labels": _cell("|".join(by_id[iid].labels)),

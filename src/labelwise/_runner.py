@@ -308,7 +308,7 @@ def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, 
     per_request = sum(prompt_tokens) / len(prompt_tokens)
     requests = -(-len(items) // size)
     est = {"prompt_tokens": int(per_request * requests),
-           "completion_tokens": int(len(items) * (8 * labeler.settings.max_labels + (12 if labeler.json_answer else 2)))}
+           "completion_tokens": int(len(items) * (8 * labeler.settings.max_labels + (12 if labeler.answer_format == "json" else 2)))}
     return {
         "unique_texts": len(corpus), "to_label": len(items), "requests": requests,
         "example_prompt": labeler.render(items[0].text, id=items[0].id).text,

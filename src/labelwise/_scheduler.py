@@ -18,7 +18,8 @@ async def label_groups(groups: Sequence[Sequence[Key]], label: Callable[[Sequenc
     """Label each group of items with at most `concurrency` in flight; `done` sees each prediction as it lands.
 
     Examples are selected a few hundred items ahead of the workers; once `stop()` is true no new group is sent,
-    while answers already in flight still land."""
+    while answers already in flight still land. An unexpected error in one group does the same, then is raised:
+    the answers other workers were waiting for are not lost with it."""
     size = max((len(g) for g in groups), default=1)
     queue: asyncio.Queue = asyncio.Queue(maxsize=2 * concurrency)
     n_workers = min(concurrency, max(1, len(groups)))
@@ -34,11 +35,18 @@ async def label_groups(groups: Sequence[Sequence[Key]], label: Callable[[Sequenc
         for _ in range(n_workers):
             await queue.put(None)
 
+    crashed: list[BaseException] = []
+
     async def work() -> None:
         while (group := await queue.get()) is not None:
-            if stop():
+            if crashed or stop():
                 continue
-            for pred in await label(group):
+            try:
+                preds = await label(group)
+            except Exception as err:  # a bug, not a model's answer: stop sending, let in-flight work land, re-raise
+                crashed.append(err)
+                continue
+            for pred in preds:
                 done(pred)
 
     tasks = [asyncio.create_task(produce())] + [asyncio.create_task(work()) for _ in range(n_workers)]
@@ -47,3 +55,5 @@ async def label_groups(groups: Sequence[Sequence[Key]], label: Callable[[Sequenc
     finally:
         for t in tasks:
             t.cancel()
+    if crashed:
+        raise crashed[0]
