@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labelwise import Labeler, ModelConfigError, ResponseCache
+from labelwise._cache import stable_hash_rows
 
 
 def test_get_many_returns_values_in_order_with_none_for_missing(tmp_path) -> None:
@@ -19,6 +20,16 @@ def test_get_many_returns_values_in_order_with_none_for_missing(tmp_path) -> Non
         assert cache.get_many("ns", []) == []
     finally:
         cache.close()
+
+
+def test_stable_hash_rows_is_stable_and_sees_every_row_and_boundary() -> None:
+    rows = [("id1", "文本\n一", ["a"]), ("id2", "b", ["b", "c"])]
+    key = stable_hash_rows({"seed": 0}, iter(rows))
+    assert key == stable_hash_rows({"seed": 0}, rows)  # an iterator or a list, the same key
+    assert key != stable_hash_rows({"seed": 1}, rows)
+    assert key != stable_hash_rows({"seed": 0}, [rows[0], ("id2", "b", ["c", "b"])])
+    assert key != stable_hash_rows({"seed": 0}, rows[:1])
+    assert stable_hash_rows("h", ["a\nb"]) != stable_hash_rows("h", ["a", "b"])
 
 
 def _labeler(server, corpus) -> Labeler:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._cache import ResponseCache, stable_hash
+from ._cache import ResponseCache, stable_hash_rows
 from ._corpus import Corpus
 from ._metrics import expected_calibration_error, top_label_confidence
 
@@ -459,21 +459,21 @@ class CorpusAhead:
         import threading
         from concurrent.futures import Future
 
-        self.scored = [(i, t, list(g)) for i, t, g in scored]
+        scored = [(i, t, list(g)) for i, t, g in scored]
         self.labels, self.seed = list(labels), seed
+        self.digest = _digest(scored)  # not the items themselves: a long run's rows are not held twice
         pool_items = _pool_items(pool)
         self.future: Future[np.ndarray] = Future()
-        key = stable_hash({"code": _code_version(), "labels": self.labels, "seed": seed, "pool": pool_items,
-                           "scored": self.scored}) if cache else None
+        key = stable_hash_rows({"code": _code_version(), "labels": self.labels, "seed": seed, "scored": self.digest},
+                               pool_items) if cache else None
         hit = _memo(cache_dir, key)
-        if hit is not None or not self.scored:
+        if hit is not None or not scored:
             self.future.set_result(hit)
             return
 
         def fit() -> None:
             try:
-                P = corpus_probabilities(self.scored, pool_items, self.labels, mode_of([g for _, _, g in self.scored]),
-                                         seed=seed)
+                P = corpus_probabilities(scored, pool_items, self.labels, mode_of([g for _, _, g in scored]), seed=seed)
                 if key is not None:
                     _memo(cache_dir, key, P)
                 self.future.set_result(P)
@@ -485,7 +485,7 @@ class CorpusAhead:
     def result_for(self, scored: Sequence[tuple[str, str, Sequence[str]]], labels: Sequence[str], seed: int
                    ) -> np.ndarray | None:
         """The probabilities, waiting for them, if they were started for exactly these items; else None."""
-        if [(i, t, list(g)) for i, t, g in scored] != self.scored or list(labels) != self.labels or seed != self.seed:
+        if list(labels) != self.labels or seed != self.seed or _digest(scored) != self.digest:
             return None
         return self.future.result()
 
@@ -504,6 +504,11 @@ def _memo(cache_dir: str | None, key: str | None, value: Any = None) -> Any:
     return None
 
 
+def _digest(scored: Iterable[tuple[str, str, Sequence[str]]]) -> str:
+    """A stable key of (id, text, existing labels) items, in order."""
+    return stable_hash_rows("items", ((i, t, list(g)) for i, t, g in scored))
+
+
 def _pool_items(pool: Corpus | None) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
 
@@ -520,9 +525,10 @@ def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corp
     pool_items = _pool_items(pool)
     key = None
     if cache is not None:
-        key = stable_hash({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
-                           "pool": pool_items, "items": [(r["id"], r["text"], r["gold"], r.get("status", "ok"),
-                                                          r.get("label_probs")) for r in items]})
+        answers = stable_hash_rows("answers", ((r["id"], r["text"], r["gold"], r.get("status", "ok"), r.get("label_probs"))
+                                               for r in items))
+        key = stable_hash_rows({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
+                                "items": answers}, pool_items)
         if (hit := cache.get("triage", key)) is not None:
             return hit
     result = triage(items, labels, pool_items, source, seed=seed, ahead=ahead)
