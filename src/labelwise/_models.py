@@ -254,8 +254,6 @@ class OpenAIModel(Model):
         limiter: RateLimiter | None = None,
         logprobs: bool = True,
     ) -> None:
-        import openai
-
         if structured != "auto" and structured not in STRUCTURED_MODES:
             raise ModelConfigError(f"unknown structured-output mode {structured!r}; choose auto or one of {STRUCTURED_MODES}")
         self.model = model
@@ -268,7 +266,9 @@ class OpenAIModel(Model):
             key = "no-key"  # local servers accept any key; the SDK insists on one
         register_secret(key)
         install_log_redaction()
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+        self._key, self._timeout = key, timeout
+        self._client: Any = None  # built on the first request: a run answered from the cache never imports the SDK
+        self._closed = False
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
         self.max_attempts = max_attempts
@@ -276,6 +276,18 @@ class OpenAIModel(Model):
         self.limiter = limiter or RateLimiter()
         self.logprobs = logprobs
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+
+    @property
+    def client(self) -> Any:
+        """The SDK's `AsyncOpenAI` client, built (and the SDK imported) on first use."""
+        if self._client is None:
+            if self._closed:
+                raise ModelConfigError(f"{self.name}: the model was closed")
+            import openai
+
+            self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
+                                              timeout=self._timeout)
+        return self._client
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
@@ -440,7 +452,9 @@ class OpenAIModel(Model):
         return ModelAnswer(text, "json", tokens, usage, mode, label_probs=label_probs)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        self._closed = True
+        if self._client is not None:
+            await self._client.close()
 
 
 # --------------------------------------------------------------------------- embedded llama.cpp

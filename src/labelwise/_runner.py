@@ -209,6 +209,12 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
     done, redone, torn = _resume(pred_path, set(gold))
     todo = [(it.id, it.text) for it in items if it.id not in done]
+    ahead = None
+    if corpus.labeled and cfg.triage != "llm":  # triage's corpus classifier needs no answers: fit it while labeling
+        from ._triage import CorpusAhead
+
+        ahead = CorpusAhead([(it.id, it.text, it.labels) for it in items if it.labels], labeler.pool,
+                            labeler.taxonomy.labels, seed=cfg.seed, cache_dir=cfg.options.cache_dir, cache=cfg.options.cache)
     tty = sys.stderr.isatty() if progress is None else progress
     bar = Progress(len(items), len(done), tty and cfg.batch is None)  # a batch run shows its own bar while waiting
     batch = None
@@ -245,9 +251,16 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
     triage = None
     if corpus.labeled:
+        from ._cache import ResponseCache
         from ._triage import triage_run
 
-        triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed)
+        memo = ResponseCache(cfg.options.cache_dir) if cfg.options.cache else None  # a cached rerun reuses its triage
+        try:
+            triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed, cache=memo,
+                                ahead=ahead)
+        finally:
+            if memo is not None:
+                memo.close()
     summary = write_run_outputs(run_dir, rows, triage)
     finished = datetime.now(timezone.utc)
     from . import __version__

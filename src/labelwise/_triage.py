@@ -35,12 +35,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._cache import ResponseCache, stable_hash_rows
 from ._corpus import Corpus
 from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
            "ensemble_cross_fitted", "label_quality", "calibrate_llm", "calibration_of", "ece_noise_floor", "triage",
-           "triage_run"]
+           "triage_run", "CorpusAhead"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
@@ -170,34 +171,43 @@ def calibrate_cross_fitted(P: np.ndarray, Y: np.ndarray, folds: np.ndarray, mode
     return Q, params
 
 
-def _corpus_model(seed: int, n_train: int):
-    """Character 1-2-gram TF-IDF + logistic regression (log-loss SGD: 10 passes reach the log loss lbfgs/liblinear
-    reach, about 10x faster on this corpus); one-vs-rest, so in single mode scikit-learn normalises rows to sum 1."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+CHUNK = 2000  # texts per predict_proba call, so a huge run never holds one huge TF-IDF matrix
+
+
+def _classifier(seed: int):
+    """Logistic regression by log-loss SGD (10 passes reach the log loss lbfgs/liblinear reach, about 10x faster on
+    this corpus), one-vs-rest: in single mode scikit-learn normalises rows to sum 1."""
     from sklearn.linear_model import SGDClassifier
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
-                                         min_df=2 if n_train >= 100 else 1),
-                         OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None,
-                                                           random_state=seed)))
+    return OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None, random_state=seed))
 
 
-def _predict(model, texts: list[str], chunk: int = 2000) -> np.ndarray:
-    """predict_proba in chunks, so a huge run never holds one huge TF-IDF matrix."""
-    return np.vstack([model.predict_proba(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
+def _threads() -> Any:
+    """The labels' binary fits on threads: SGD releases the GIL, and each fit is seeded, so the result is the same."""
+    import os
+
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=max(1, min(8, os.cpu_count() or 1)))
 
 
 def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool: Iterable[tuple[str, str, Sequence[str]]],
                          labels: Sequence[str], mode: Mode, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Out-of-fold probabilities of each scored (id, text, labels) item from TF-IDF + logistic regression.
+    """Out-of-fold probabilities of each scored (id, text, labels) item from character 1-2-gram TF-IDF + logistic
+    regression.
 
     The training data is the pool and the scored items together (an item in both counts once, with its scored
     labels); they are split into folds by id, and a scored item's probabilities come from the classifier trained on
     the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
     Beyond MAX_TRAIN training items per fold, a sample chosen by a seeded hash of the id (never the labels) trains.
+
+    Each fold's TF-IDF is exactly a `TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
+    min_df=2)` fitted on that fold's training texts (min_df=1 below 100 of them), but the texts are split into n-grams
+    and counted once for all folds: a fold keeps the n-grams its own training rows use often enough.
     """
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
     data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
     for i, t, labs in scored:
         data[i] = (t, labs)
@@ -208,29 +218,46 @@ def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool:
     by_fold: dict[int, list[int]] = {}
     for n, (i, _, _) in enumerate(scored):
         by_fold.setdefault(int(fold[i]), []).append(n)
-    for f, rows in sorted(by_fold.items()):
+    trains = {}
+    for f in sorted(by_fold):
         train = [i for i in ids if fold[i] != f]
         if len(train) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
             train = sorted(train, key=lambda i: hashlib.sha256(f"{seed}:train:{i}".encode()).hexdigest())[:MAX_TRAIN]
-        texts = [data[i][0] for i in train]
+        trains[f] = train
+    used = list(dict.fromkeys(i for train in trains.values() for i in train))  # every text some fold trains on
+    row_of = {i: r for r, i in enumerate(used)}
+    counter = CountVectorizer(analyzer="char", ngram_range=(1, 2), dtype=np.float64)
+    counts = counter.fit_transform([data[i][0] for i in used])
+    for f, rows in sorted(by_fold.items()):
+        train = trains[f]
         test_texts = [scored[n][1] for n in rows]
-        model = _corpus_model(seed, len(train))
-        with warnings.catch_warnings():
+        if mode == "single":
+            at = [row_of[i] for i in train for _ in data[i][1]]  # a multi-labeled pool item: one row per label
+            y = [index[lab] for i in train for lab in data[i][1]]
+            if len(set(y)) < 2:
+                out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
+                continue
+        else:
+            at = [row_of[i] for i in train]
+            y = binarize([data[i][1] for i in train], labels)
+        C = counts[at]
+        df = np.bincount(C.indices, minlength=C.shape[1])  # rows of a count matrix name each n-gram once
+        keep = np.flatnonzero(df >= (2 if len(train) >= 100 else 1))
+        tfidf = TfidfTransformer(sublinear_tf=True)
+        X = tfidf.fit_transform(C[:, keep])
+        del C
+        model = _classifier(seed)
+        with warnings.catch_warnings(), _threads():
             warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
             warnings.filterwarnings("ignore", message="Maximum number of iteration")
-            if mode == "single":
-                X = [t for t, i in zip(texts, train) for _ in data[i][1]]
-                y = [index[lab] for i in train for lab in data[i][1]]  # a multi-labeled pool item: one row per label
-                if len(set(y)) < 2:
-                    out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
-                    continue
-                model.fit(X, y)
-                model.steps[0][1].stop_words_ = None  # the n-grams min_df dropped: large, and never used again
-                out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
-            else:
-                model.fit(texts, binarize([data[i][1] for i in train], labels))
-                model.steps[0][1].stop_words_ = None
-                out[rows] = _predict(model, test_texts)
+            model.fit(X, y)
+        del X
+        P = np.vstack([model.predict_proba(tfidf.transform(counter.transform(test_texts[a:a + CHUNK])[:, keep]))
+                       for a in range(0, len(test_texts), CHUNK)])
+        if mode == "single":
+            out[np.ix_(rows, model.classes_)] = P  # a label absent keeps probability 0
+        else:
+            out[rows] = P
         del model  # before the next fold's fit: two fitted models at once doubled the peak on a 100k-row run
     return out
 
@@ -360,12 +387,13 @@ class Triage:
 
 
 def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
-           source: Source = "ensemble", *, seed: int = 0) -> Triage:
+           source: Source = "ensemble", *, seed: int = 0, ahead: CorpusAhead | None = None) -> Triage:
     """Rank labeled items by how likely their existing labels are wrong.
 
     `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None) and optionally
     `status` (a failed prediction's label_probs are not used).
     `pool`: (id, text, labels) of the example pool, training data for the corpus classifier.
+    `ahead`: the corpus classifier's probabilities, started before the model answered (used if for these items).
     """
     if source not in SOURCES:
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
@@ -388,7 +416,10 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     Q_llm, calibration = calibrate_llm(llm_probs, Y, folds, labels, mode)
     P_corpus = None
     if used in ("corpus", "ensemble"):
-        P_corpus = corpus_probabilities([(r["id"], r["text"], r["gold"]) for r in items], pool, labels, mode, seed=seed)
+        scored = [(r["id"], r["text"], list(r["gold"])) for r in items]
+        P_corpus = ahead.result_for(scored, labels, seed) if ahead is not None else None
+        if P_corpus is None:
+            P_corpus = corpus_probabilities(scored, pool, labels, mode, seed=seed)
     weights = None
     per_row_source = [used] * len(items)
     if used == "llm":
@@ -418,9 +449,100 @@ def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterabl
     return Triage([rows[i] for i in order], used, source, mode, notes, calibration, weights)
 
 
+class CorpusAhead:
+    """The corpus classifier's out-of-fold probabilities for a run's labeled items, fitted on a daemon thread while
+    the run is still labeling (they depend on the existing labels and the pool, never on the model's answers), or
+    read from the cache where an earlier run kept them. Fitting releases the GIL for most of its time."""
+
+    def __init__(self, scored: Sequence[tuple[str, str, Sequence[str]]], pool: Corpus | None, labels: Sequence[str], *,
+                 seed: int = 0, cache_dir: str | None = None, cache: bool = True) -> None:
+        import threading
+        from concurrent.futures import Future
+
+        scored = [(i, t, list(g)) for i, t, g in scored]
+        self.labels, self.seed = list(labels), seed
+        self.digest = _digest(scored)  # not the items themselves: a long run's rows are not held twice
+        pool_items = _pool_items(pool)
+        self.future: Future[np.ndarray] = Future()
+        key = stable_hash_rows({"code": _code_version(), "labels": self.labels, "seed": seed, "scored": self.digest},
+                               pool_items) if cache else None
+        hit = _memo(cache_dir, key)
+        if hit is not None or not scored:
+            self.future.set_result(hit)
+            return
+
+        def fit() -> None:
+            try:
+                P = corpus_probabilities(scored, pool_items, self.labels, mode_of([g for _, _, g in scored]), seed=seed)
+                if key is not None:
+                    _memo(cache_dir, key, P)
+                self.future.set_result(P)
+            except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+                self.future.set_exception(err)
+
+        threading.Thread(target=fit, name="labelwise-triage", daemon=True).start()
+
+    def result_for(self, scored: Sequence[tuple[str, str, Sequence[str]]], labels: Sequence[str], seed: int
+                   ) -> np.ndarray | None:
+        """The probabilities, waiting for them, if they were started for exactly these items; else None."""
+        if list(labels) != self.labels or seed != self.seed or _digest(scored) != self.digest:
+            return None
+        return self.future.result()
+
+
+def _memo(cache_dir: str | None, key: str | None, value: Any = None) -> Any:
+    """Read (or, given a value, write) one entry of the corpus-probabilities memo in its own cache connection."""
+    if key is None:
+        return None
+    cache = ResponseCache(cache_dir)
+    try:
+        if value is None:
+            return cache.get("triage-corpus", key)
+        cache.set("triage-corpus", key, value)
+    finally:
+        cache.close()
+    return None
+
+
+def _digest(scored: Iterable[tuple[str, str, Sequence[str]]]) -> str:
+    """A stable key of (id, text, existing labels) items, in order."""
+    return stable_hash_rows("items", ((i, t, list(g)) for i, t, g in scored))
+
+
+def _pool_items(pool: Corpus | None) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
+
+
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
-               *, seed: int = 0) -> Triage:
-    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs)."""
+               *, seed: int = 0, cache: ResponseCache | None = None, ahead: CorpusAhead | None = None) -> Triage:
+    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs).
+
+    With a `cache`, the result is kept under a hash of everything it depends on (the rows' ids, texts, existing labels
+    and label_probs, the pool, the labels, source, seed, and this code and its libraries' versions), so a rerun
+    whose predictions all came from the cache does not fit the same classifiers again.
+    """
     items = [r for r in rows if r.get("gold")]  # triage reads label_probs of ok rows only
-    pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
-    return triage(items, labels, pool_items, source, seed=seed)
+    pool_items = _pool_items(pool)
+    key = None
+    if cache is not None:
+        answers = stable_hash_rows("answers", ((r["id"], r["text"], r["gold"], r.get("status", "ok"), r.get("label_probs"))
+                                               for r in items))
+        key = stable_hash_rows({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
+                                "items": answers}, pool_items)
+        if (hit := cache.get("triage", key)) is not None:
+            return hit
+    result = triage(items, labels, pool_items, source, seed=seed, ahead=ahead)
+    if cache is not None:
+        cache.set("triage", key, result)
+    return result
+
+
+def _code_version() -> list[str]:
+    """What else decides a triage result: this module's and the metrics' code, and the libraries doing the work."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from . import _metrics
+
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(_metrics.__file__).read_bytes()).hexdigest()
+    return [code, *(f"{lib} {version(lib)}" for lib in ("numpy", "scipy", "scikit-learn", "cleanlab"))]
