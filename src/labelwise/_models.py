@@ -267,7 +267,9 @@ class OpenAIModel(Model):
         register_secret(key)
         install_log_redaction()
         self._key, self._timeout = key, timeout
-        self._client: Any = None  # built on the first request: a run answered from the cache never imports the SDK
+        # one SDK client per event loop, built on its first request there: a run answered from the cache never
+        # imports the SDK, and sync calls (labelwise's loop thread) and a notebook's own awaits can share a model
+        self._clients: dict[Any, Any] = {}
         self._closed = False
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
@@ -279,15 +281,22 @@ class OpenAIModel(Model):
 
     @property
     def client(self) -> Any:
-        """The SDK's `AsyncOpenAI` client, built (and the SDK imported) on first use."""
-        if self._client is None:
+        """The SDK's `AsyncOpenAI` client for the running event loop, built (and the SDK imported) on first use."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        client = self._clients.get(loop)
+        if client is None:
+            if self._closed and self._clients:  # after close: the last client, closed
+                return next(reversed(self._clients.values()))
             if self._closed:
                 raise ModelConfigError(f"{self.name}: the model was closed")
             import openai
 
-            self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, max_retries=0,
-                                              timeout=self._timeout)
-        return self._client
+            client = self._clients[loop] = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key,
+                                                               max_retries=0, timeout=self._timeout)
+        return client
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
@@ -453,8 +462,12 @@ class OpenAIModel(Model):
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._client is not None:
-            await self._client.close()
+        here = asyncio.get_running_loop()
+        for loop, client in self._clients.items():
+            if loop is here or loop is None:
+                await client.close()
+            elif not loop.is_closed() and loop.is_running():  # another loop's connections are closed on that loop
+                asyncio.run_coroutine_threadsafe(client.close(), loop)
 
 
 # --------------------------------------------------------------------------- embedded llama.cpp
