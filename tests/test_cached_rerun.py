@@ -41,7 +41,7 @@ async def test_rerun_reads_the_memo_in_bulk_and_never_builds_a_client(corpus, fa
     items = [(it.id, it.text) for it in corpus.items[:12]]
     async with _labeler(server, corpus) as first:
         cold = await first.alabel_items(items)
-        assert first.stats["model_calls"] == 12 and first.model._client is not None
+        assert first.stats["model_calls"] == 12 and first.model.clients
     assert first.model.client.is_closed()  # the client the first run built was closed with the labeler
     assert all(p.status == "ok" and not p.cached for p in cold)
 
@@ -56,8 +56,8 @@ async def test_rerun_reads_the_memo_in_bulk_and_never_builds_a_client(corpus, fa
         assert again.stats["cache_hits"] == 24
         warm = await again.alabel_items(items)
         assert warm == list(bulk.values()) and all(p.cached for p in warm)
-        assert again.stats["model_calls"] == 0 and again.model._client is None  # no request: no client built
-    assert again.model._client is None  # closing did not build one either
+        assert again.stats["model_calls"] == 0 and again.model.clients == ()  # no request: no client built
+    assert again.model.clients == ()  # closing did not build one either
     with pytest.raises(ModelConfigError, match="closed"):
         again.model.client  # noqa: B018 - a closed model hands out no new client
     assert len(server.received) == 12

@@ -280,6 +280,11 @@ class OpenAIModel(Model):
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     @property
+    def clients(self) -> tuple[Any, ...]:
+        """The SDK clients built so far (one per event loop that sent a request; none on an all-cached run)."""
+        return tuple(self._clients.values())
+
+    @property
     def client(self) -> Any:
         """The SDK's `AsyncOpenAI` client for the running event loop, built (and the SDK imported) on first use."""
         try:
