@@ -159,25 +159,28 @@ def check(p: Proc, what: str) -> None:
         raise RuntimeError(f"{what} exited {p.rc}: {p.err[-2000:]}")
 
 
-async def bare_rate(base_url: str, prompts: list[str], schema: dict[str, Any], concurrency: int) -> float:
-    """Requests/s of a bare AsyncOpenAI loop sending labelwise's exact requests, no labeling around it."""
+async def bare_rate(base_url: str, bodies: list[dict[str, Any]], concurrency: int) -> float:
+    """Requests/s of a bare AsyncOpenAI loop sending labelwise's exact request bodies, no labeling around it."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="no-key", max_retries=0)
-    fmt = {"type": "json_schema", "json_schema": {"name": "labels", "schema": schema, "strict": True}}
-    todo = iter(prompts)
+    todo = iter(bodies)
 
     async def worker() -> None:
-        for p in todo:
-            await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": p}], temperature=0.0,
-                                                 max_tokens=80, response_format=fmt, logprobs=True)
+        for body in todo:
+            await client.chat.completions.create(**body)
 
     await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "warm-up"}])
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    rate = len(prompts) / (time.perf_counter() - t0)
+    rate = len(bodies) / (time.perf_counter() - t0)
     await client.close()
     return rate
+
+
+def request_bodies(labeler: Any, todo: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The chat-completions bodies `labeler` sends for `todo` (schema, logprobs and top_logprobs included)."""
+    return [labeler.model.chat_body(labeler.plan_request([q])[0]) for q in todo]
 
 
 async def label_run(labeler, todo: list[tuple[str, str]]) -> tuple[list, float]:
@@ -247,14 +250,14 @@ def s1_throughput(ctx: Ctx) -> list[Row]:
         for c in (1, 8, 64, 256):
             n = max(20, 2 * c) if ctx.quick else min(max(60, 5 * c), 1500)
             todo = items(n)
-            prompts = [renderer.render(t, id=i).text for i, t in todo]
+            bodies = request_bodies(renderer, todo)
             bare = got = 0.0
             cpu = {"bare": float("inf"), "labelwise": float("inf")}  # client CPU ms per item: robust to other load
             failed = 0
             for _ in range(reps):  # interleaved, best of each: other load on the box hits both alike
                 labeler = fake_labeler(url, concurrency=c)
                 t0 = time.process_time()
-                bare = max(bare, asyncio.run(bare_rate(url, prompts, labeler.answer_schema, c)))
+                bare = max(bare, asyncio.run(bare_rate(url, bodies, c)))
                 t1 = time.process_time()
                 preds, seconds = asyncio.run(label_run(labeler, todo))
                 cpu = {"bare": min(cpu["bare"], (t1 - t0) / n * 1e3), "labelwise": min(cpu["labelwise"], (time.process_time() - t1) / n * 1e3)}
@@ -264,7 +267,36 @@ def s1_throughput(ctx: Ctx) -> list[Row]:
                             f"{limit:.1f}/s", pct(got / limit), verdict(got >= 0.9 * limit and not failed),
                             f"C/latency {c / latency:.0f}/s, bare AsyncOpenAI {bare:.1f}/s (best of {reps}); client CPU "
                             f"{cpu['labelwise']:.2f} ms/item vs bare {cpu['bare']:.2f}; failed {failed}"))
+        rows.append(_s1_whole_process(ctx, url, renderer, latency, reps))
     return rows
+
+
+def _s1_whole_process(ctx: Ctx, url: str, renderer: Any, latency: float, reps: int, c: int = 64) -> Row:
+    """A whole `labelwise relabel` process (start-up, labeling, report, triage) over ~7,000 labeled texts at
+    concurrency `c`, no cache, vs a bare AsyncOpenAI loop sending the same prompts to the same server."""
+    n = 1000 if ctx.quick else 7000
+    gold = {it.id: it.labels for it in corpus().items}
+    base = corpus().items
+    todo = items(n)
+    data = ctx.tmp / f"s1-{n}.tsv"
+    data.write_text("".join(f"{lab}\t{text}\n" for k, (iid, text) in enumerate(todo)
+                            for lab in gold.get(iid) or base[k % len(base)].labels), encoding="utf-8")
+    bodies = request_bodies(renderer, todo)
+    bare = got = 0.0
+    proc = None
+    for rep in range(reps):  # interleaved, best of each
+        bare = max(bare, asyncio.run(bare_rate(url, bodies, c)))
+        out = ctx.tmp / f"s1-run-{rep}"
+        p = run(relabel_cmd(data, out, url, "--shots", "0", "--concurrency", str(c), "--no-cache"))
+        check(p, f"relabel {n} texts")
+        if n / p.wall > got:
+            got, proc, m = n / p.wall, p, manifest(out)
+    limit = min(c / latency, bare)
+    return Row("1 throughput, 100 ms latency", f"whole `relabel` process, concurrency {c}, {n} texts", f"{got:.1f} items/s",
+               f"{limit:.1f}/s", pct(got / limit), verdict(got >= 0.9 * limit and not m["counts"]["failed"]),
+               f"process {proc.wall:.1f} s (in arelabel {m['seconds']:.1f} s), {proc.rss_mb:.0f} MB, no cache, shots 0, "
+               f"with report and triage; bare AsyncOpenAI {bare:.1f}/s (best of {reps}); failed {m['counts']['failed']}; "
+               f"{busy_now()}")
 
 
 def s2_rate_limit(ctx: Ctx) -> list[Row]:

@@ -75,3 +75,26 @@ def test_close_releases_the_client(llama_server, texts):
     assert not labeler.model.client.is_closed()
     labeler.close()
     assert labeler.model.client.is_closed()
+
+
+def test_sync_and_async_calls_mix_on_one_labeler(llama_server, texts, policy_labels):
+    """A sync call (labelwise's loop thread), then awaits on the caller's own loops, on one labeler: each event loop
+    gets its own client, so none reads another loop's connections."""
+    (a, b), pool = texts
+    labeler = make(llama_server, pool)
+    try:
+        first = labeler.label(a)
+
+        async def in_my_loop(text):
+            return await labeler.alabel(text)
+
+        second = asyncio.run(in_my_loop(b))
+        third = asyncio.run(in_my_loop(a))  # a memo hit on a fresh loop
+        again = labeler.label(b)
+    finally:
+        labeler.close()
+    for p in (first, second, third, again):
+        assert p.status == "ok", p.error
+        assert p.labels and set(p.labels) <= policy_labels
+    assert third.labels == first.labels and again.labels == second.labels
+    assert labeler.stats["model_calls"] == 2  # the repeats were memo hits

@@ -387,3 +387,20 @@ def test_plot_scatter_accepts_point_shapes(tmp_path):
 
     points = [("零样本", 0.1, 0.4), {"name": "少样本", "x": 0.3, "y": 0.6}, SimpleNamespace(name="定义", x=0.5, y=0.7)]
     assert _png(plot_scatter(points, tmp_path / "s.png", "成本 (USD)", "Krippendorff α"))
+
+
+def test_bootstrap_ci_is_the_percentile_interval_of_rescoring_each_resample():
+    # the bootstrap weighs groups of alike items; the same resamples scored item by item give the same interval
+    from labelwise._metrics import HEADLINE as FIGURES
+
+    rng = np.random.default_rng(3)
+    gold = [set(rng.choice(LABELS, rng.integers(1, 3), replace=False).tolist()) for _ in range(40)]
+    pred = [sorted(g)[:1] if rng.random() < 0.5 else [str(rng.choice(LABELS))] for g in gold]
+    got = score(gold, pred, LABELS, n_boot=30, seed=4)
+    draws = np.random.default_rng(4).integers(0, 40, size=(30, 40))  # one chunk: the bootstrap's own draws
+    each = [score([gold[i] for i in row], [pred[i] for i in row], LABELS, n_boot=0).model_dump() for row in draws]
+    for m in FIGURES:
+        values = np.array([np.nan if e[m] is None else e[m] for e in each])
+        values = values[~np.isnan(values)]
+        want = tuple(np.percentile(values, [2.5, 97.5])) if len(values) else None
+        assert got.ci[m] == (pytest.approx(want, abs=1e-12) if want else None), m

@@ -168,3 +168,47 @@ async def test_a_429_pauses_the_whole_run_not_just_its_request(corpus, fake_serv
     # both the retried request and the other text's first request waited out the 2 s Retry-After
     assert a - refused >= 2 - 0.01 and b - refused >= 2 - 0.01
     assert labeler.model.stats["rate_limited"] == 1 and labeler.model.client.is_closed()
+
+
+async def test_callers_held_by_the_window_are_woken_by_releases_in_order_without_polling(clock: ManualClock) -> None:
+    limiter = RateLimiter()
+    for _ in range(4):
+        await limiter.acquire()
+    limiter.pause(0.0)  # a 429 with 4 in flight: a window of 2
+    limiter.release(False)
+    limiter.release(False)
+    assert limiter.in_flight == 2 and limiter.window == 2.0
+    granted: list[int] = []
+
+    async def caller(n: int) -> None:
+        await limiter.acquire()
+        granted.append(n)
+
+    held = [asyncio.ensure_future(caller(n)) for n in range(3)]
+    for _ in range(20):
+        await REAL_SLEEP(0)
+    assert granted == [], "the window is full: nobody may start"
+    limiter.release(False)  # a failure frees one slot and does not grow the window
+    for _ in range(20):
+        await REAL_SLEEP(0)
+    assert granted == [0]
+    limiter.release(False)
+    limiter.release(False)  # two slots free: both remaining callers start, first come first served
+    await asyncio.gather(*held)
+    assert granted == [0, 1, 2] and limiter.in_flight == 2
+    assert clock.slept == [] and clock.t == 0.0  # woken by the releases, not by a timer
+
+
+async def test_a_cancelled_held_caller_passes_its_wake_up_on(clock: ManualClock) -> None:
+    limiter = RateLimiter()
+    await limiter.acquire()
+    await limiter.acquire()
+    limiter.pause(0.0)  # window 1, 2 in flight
+    limiter.release(False)
+    first = asyncio.ensure_future(limiter.acquire())
+    second = asyncio.ensure_future(limiter.acquire())
+    await REAL_SLEEP(0)
+    limiter.release(False)  # wakes `first` ...
+    first.cancel()  # ... which is cancelled before it runs: `second` must get the slot
+    await second
+    assert first.cancelled() and limiter.in_flight == 1 and clock.slept == []

@@ -45,9 +45,8 @@ class Asker:
         if self.cache is None:
             return {}
         out = {}
-        for iid, text in items:
-            hit = self.cache.get("prediction", self._memo_key(iid))
-            if hit is not None:
+        for (iid, text), hit in zip(items, self.cache.get_many("prediction", [self._memo_key(iid) for iid, _ in items])):
+            if hit is not None:  # read in one pass: a rerun's pre-pass asks for every item at once
                 self.stats["cache_hits"] += 1
                 out[iid] = Prediction.model_validate({**hit, "cached": True, "text": text})
         return out

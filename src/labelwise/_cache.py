@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResponseCache", "default_cache_dir", "stable_hash"]
+__all__ = ["ResponseCache", "default_cache_dir", "stable_hash", "stable_hash_rows"]
 
 
 def default_cache_dir() -> Path:
@@ -16,10 +17,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LABELWISE_CACHE_DIR") or Path.home() / ".cache" / "labelwise")
 
 
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
 def stable_hash(obj: Any) -> str:
     """SHA-256 of canonical JSON: the same inputs give the same key in every process."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(obj)).hexdigest()
+
+
+def stable_hash_rows(head: Any, rows: Iterable[Any]) -> str:
+    """A stable key for a header and many rows, hashed row by row: no JSON string of a whole 1M-row run in memory."""
+    h = hashlib.sha256(_canonical(head))
+    for row in rows:
+        h.update(b"\n" + _canonical(row))
+    return h.hexdigest()
 
 
 class ResponseCache:
@@ -42,6 +54,15 @@ class ResponseCache:
         else:
             self.hits += 1
         return value
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> list[Any | None]:
+        """The stored values of many keys (None where absent), read in one transaction: a rerun's bulk pre-pass."""
+        with self._cache.transact():
+            values = [self._cache.get(f"{namespace}:{key}") for key in keys]
+        found = sum(v is not None for v in values)
+        self.hits += found
+        self.misses += len(values) - found
+        return values
 
     def set(self, namespace: str, key: str, value: Any) -> None:
         """Store a successful result (callers never store failures)."""

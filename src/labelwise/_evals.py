@@ -311,7 +311,7 @@ def _score_row(name: str, settings: dict[str, Any], table, classes: list[str], m
 
     from ._metrics import score_matrix, scored_columns
     from ._prices import cost_of
-    from ._triage import calibration_matrix
+    from ._triage import calibration_of
 
     ok, G, P, top, probs = _ok_matrices(table, classes)
     metrics = calibration = None
@@ -320,7 +320,10 @@ def _score_row(name: str, settings: dict[str, Any], table, classes: list[str], m
         remap = np.full(len(classes) + 1, -1, dtype=np.int64)
         remap[use] = np.arange(len(use))
         metrics = score_matrix(G[ok][:, use], P[ok][:, use], remap[top[ok]], [classes[j] for j in use], n_boot=n_boot)
-        calibration = calibration_matrix(probs[ok], G[ok], [str(i) for i in table.ids[ok]])  # None: no label_probs
+        ok_rows = np.flatnonzero(ok)
+        label_probs = [None if np.isnan(p).any() else dict(zip(classes, map(float, p))) for p in probs[ok_rows]]
+        calibration = calibration_of(label_probs, [[classes[j] for j in np.flatnonzero(G[i])] for i in ok_rows], classes,
+                                     [str(i) for i in table.ids[ok_rows]])  # None: no label_probs
     n = len(table)
     usage = table.usage
     cost = 0.0 if name == BASELINE else cost_of(usage, model, prices)

@@ -274,20 +274,32 @@ def _point(data: _Data, side: _Side) -> dict[str, np.ndarray]:
 
 
 def _bootstrap(data: _Data, n_boot: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Headline figures for each side over the same n_boot item resamples (paired across sides)."""
+    """Headline figures for each side over the same n_boot item resamples (paired across sides).
+
+    Items are grouped by what the figures see of them (gold set, each side's predicted set and top-1 hit): a
+    resample is a count per group, so the weight matrices are resamples x groups, not resamples x items.
+    """
     n, K = len(data.G), len(data.D)
+    keys = np.column_stack([data.gcode, *(s.code for s in data.sides), *(s.hit for s in data.sides)])
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    group, U = group.reshape(-1), len(first)
+    sides = [_Side(s.P, s.scalars[first], s.counts[first], s.code[first], s.hit[first]) for s in data.sides]
+    onehot = np.zeros((U, K))  # group -> value-set counts, gold's and each side's
+    np.add.at(onehot, (np.arange(U), data.gcode[first]), 1.0)
+    side_sets = []
+    for s in sides:
+        m = onehot.copy()
+        np.add.at(m, (np.arange(U), s.code), 1.0)
+        side_sets.append(m)
     rng = np.random.default_rng(seed)
     step = max(1, _CELLS // max(n, K))
-    out: list[dict[str, list[np.ndarray]]] = [{m: [] for m in HEADLINE} for _ in data.sides]
+    out: list[dict[str, list[np.ndarray]]] = [{m: [] for m in HEADLINE} for _ in sides]
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
-        rows = np.arange(b)[:, None]
-        W = np.bincount((rows * n + idx).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        Cg = np.bincount((rows * K + data.gcode[idx]).ravel(), minlength=b * K).reshape(b, K)
-        for side, acc in zip(data.sides, out):
-            Cp = np.bincount((rows * K + side.code[idx]).ravel(), minlength=b * K).reshape(b, K)
-            vals = _metrics(W, (Cg + Cp).astype(np.float64), side, data.D)
+        W = np.bincount((np.arange(b)[:, None] * U + group[idx]).ravel(), minlength=b * U).reshape(b, U).astype(np.float64)
+        for side, sets, acc in zip(sides, side_sets, out):
+            vals = _metrics(W, W @ sets, side, data.D)
             for m in HEADLINE:
                 acc[m].append(vals[m])
     return [{m: np.concatenate(v) for m, v in acc.items()} for acc in out]

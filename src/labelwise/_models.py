@@ -254,8 +254,6 @@ class OpenAIModel(Model):
         limiter: RateLimiter | None = None,
         logprobs: bool = True,
     ) -> None:
-        import openai
-
         if structured != "auto" and structured not in STRUCTURED_MODES:
             raise ModelConfigError(f"unknown structured-output mode {structured!r}; choose auto or one of {STRUCTURED_MODES}")
         self.model = model
@@ -268,7 +266,11 @@ class OpenAIModel(Model):
             key = "no-key"  # local servers accept any key; the SDK insists on one
         register_secret(key)
         install_log_redaction()
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout)
+        self._key, self._timeout = key, timeout
+        # one SDK client per event loop, built on its first request there: a run answered from the cache never
+        # imports the SDK, and sync calls (labelwise's loop thread) and a notebook's own awaits can share a model
+        self._clients: dict[Any, Any] = {}
+        self._closed = False
         self.structured = structured
         self.modes = list(STRUCTURED_MODES) if structured == "auto" else [structured]
         self.max_attempts = max_attempts
@@ -276,6 +278,30 @@ class OpenAIModel(Model):
         self.limiter = limiter or RateLimiter()
         self.logprobs = logprobs
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+
+    @property
+    def clients(self) -> tuple[Any, ...]:
+        """The SDK clients built so far (one per event loop that sent a request; none on an all-cached run)."""
+        return tuple(self._clients.values())
+
+    @property
+    def client(self) -> Any:
+        """The SDK's `AsyncOpenAI` client for the running event loop, built (and the SDK imported) on first use."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        client = self._clients.get(loop)
+        if client is None:
+            if self._closed and self._clients:  # after close: the last client, closed
+                return next(reversed(self._clients.values()))
+            if self._closed:
+                raise ModelConfigError(f"{self.name}: the model was closed")
+            import openai
+
+            client = self._clients[loop] = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key,
+                                                               max_retries=0, timeout=self._timeout)
+        return client
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.name, "base_url": self.base_url, "structured": self.structured,
@@ -440,7 +466,13 @@ class OpenAIModel(Model):
         return ModelAnswer(text, "json", tokens, usage, mode, label_probs=label_probs)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        self._closed = True
+        here = asyncio.get_running_loop()
+        for loop, client in self._clients.items():
+            if loop is here or loop is None:
+                await client.close()
+            elif not loop.is_closed() and loop.is_running():  # another loop's connections are closed on that loop
+                asyncio.run_coroutine_threadsafe(client.close(), loop)
 
 
 # --------------------------------------------------------------------------- embedded llama.cpp

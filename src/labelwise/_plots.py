@@ -1,7 +1,7 @@
 """PNG charts for reports: a confusion heatmap and an agreement-vs-cost scatter, with Chinese text.
 
 matplotlib is imported inside the functions and drawn through a bare Agg `Figure`, so importing this
-module is free and no global pyplot backend is touched. Chinese needs a CJK font: the first one
+module is free and no global pyplot backend is touched; the layout is computed once, without a full draw. Chinese needs a CJK font: the first one
 matplotlib can find from `CJK_FONTS` is used (on Debian: `apt-get install -y fonts-wqy-microhei`);
 without one the chart is still written, with one warning, and CJK characters show as boxes.
 """
@@ -31,6 +31,7 @@ CJK_FONTS = (
     "Microsoft YaHei",
     "SimHei",
 )
+DPI = 120
 _FILE_HINTS = ("wqy", "notosanscjk", "notoserifcjk", "sourcehan", "droidsansfallback", "uming", "ukai", "msyh", "simhei")
 
 
@@ -57,6 +58,7 @@ def cjk_font() -> str | None:
 def _draw(path: str | Path, paint: Any, size: tuple[float, float]) -> Path:
     from matplotlib import rc_context
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
     font = cjk_font()
     if font is None:
@@ -69,9 +71,12 @@ def _draw(path: str | Path, paint: Any, size: tuple[float, float]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with rc_context(rc), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
-        fig = Figure(figsize=size, layout="constrained")
+        fig = Figure(figsize=size, dpi=DPI)
         paint(fig)
-        fig.savefig(out, dpi=120)
+        # Constrained layout run once by hand: a figure that keeps a layout engine is drawn twice by savefig (once
+        # only to lay it out), which doubled the time of a chart with hundreds of cell labels.
+        ConstrainedLayoutEngine().execute(fig)
+        fig.savefig(out, dpi=DPI)
     return out
 
 
@@ -95,8 +100,9 @@ def plot_confusion(df: pd.DataFrame, path: str | Path, title: str | None = None)
                 for j in range(cols):
                     if values[i, j]:
                         color = "white" if values[i, j] > top / 2 else "black"
-                        ax.text(j, i, f"{values[i, j]:g}", ha="center", va="center", fontsize=7, color=color)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+                        ax.text(j, i, f"{values[i, j]:g}", ha="center", va="center", fontsize=7, color=color,
+                                in_layout=False)  # inside the axes: the layout need not measure hundreds of them
+        fig.colorbar(im, ax=ax, shrink=0.8, use_gridspec=False)  # placed as under constrained layout
 
     side = 3 + 0.35 * max(rows, cols)
     return _draw(path, paint, (side + 1.5, side))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import CancelledError, Future, get_running_loop
+from collections import deque
 
 __all__ = ["RateLimiter"]
 
@@ -13,7 +15,8 @@ class RateLimiter:
 
     On a 429 every caller pauses for the server's Retry-After, and the number of requests allowed in
     flight is halved (then grows back by one per window of successes): additive-increase,
-    multiplicative-decrease, so a run without `--rpm` settles near what the server admits.
+    multiplicative-decrease, so a run without `--rpm` settles near what the server admits. A caller held by
+    the window waits on a future that a finishing request resolves: no polling.
     """
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
@@ -31,6 +34,7 @@ class RateLimiter:
         self.in_flight = 0
         self.window: float | None = None  # no cap on requests in flight until the first 429
         self._last_cut = 0.0
+        self._waiters: deque[Future[None]] = deque()  # callers held by the window, first come first served
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for `seconds` (the server said Retry-After) and halve the requests in flight."""
@@ -46,6 +50,35 @@ class RateLimiter:
         self.in_flight -= 1
         if ok and self.window is not None:
             self.window += 1.0 / self.window
+        self._wake()
+
+    def _room(self) -> bool:
+        return self.window is None or self.in_flight < self.window
+
+    def _wake(self) -> None:
+        """Let the first held caller re-check the window, if a request could start now."""
+        while self._waiters and self._room():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _wait_for_room(self) -> None:
+        """Wait until fewer requests than the window are in flight (woken by `release`, never by a timer)."""
+        first = True
+        while not self._room():
+            fut: Future[None] = get_running_loop().create_future()
+            if first:
+                self._waiters.append(fut)
+            else:  # woken but beaten to the slot: keep its place at the front
+                self._waiters.appendleft(fut)
+            first = False
+            try:
+                await fut
+            except CancelledError:
+                if fut.done() and not fut.cancelled():  # woken, then cancelled: pass the wake-up on
+                    self._wake()
+                raise
 
     def _refill(self, now: float) -> None:
         dt = now - self._last
@@ -57,9 +90,10 @@ class RateLimiter:
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one request of about `tokens` tokens fits the budgets and no pause is in force."""
-        while self.window is not None and self.in_flight >= self.window:
-            await asyncio.sleep(0.005)
+        if not self._room():
+            await self._wait_for_room()
         self.in_flight += 1
+        self._wake()  # a window that grew may have room for the next held caller too
         if not (self.rpm or self.tpm) and self._paused_until <= time.monotonic():
             return
         async with self._lock:

@@ -240,7 +240,7 @@ def label_issues_table(triage, top: int | None = None):
     """label_issues.csv as a DataFrame: every scored item (or the `top` first), likeliest error first; labels `|`-joined."""
     import pandas as pd
 
-    return pd.DataFrame([_issue_cells(r) for r in triage.iter_rows(top)], columns=list(LABEL_ISSUE_COLUMNS))
+    return pd.DataFrame([_issue_cells(r) for r in triage.rows[:top]], columns=list(LABEL_ISSUE_COLUMNS))
 
 
 def _label_cells(r: dict[str, Any]) -> list[Any]:
@@ -272,7 +272,7 @@ def write_run_report(run_dir: Path, table, triage=None) -> RunReport:
     from ._metrics import confusion_matrix, score_matrix, scored_columns
 
     if triage is not None:
-        write_spreadsheet_csv_rows(run_dir / "label_issues.csv", LABEL_ISSUE_COLUMNS, map(_issue_cells, triage.iter_rows()))
+        write_spreadsheet_csv_rows(run_dir / "label_issues.csv", LABEL_ISSUE_COLUMNS, map(_issue_cells, triage.rows))
     write_spreadsheet_csv_rows(run_dir / "labels.csv", LABELS_COLUMNS, map(_label_cells, table.rows()))
     hit = (table.top >= 0) & table.G[np.arange(len(table)), np.maximum(table.top, 0)]
     dis_rows = np.flatnonzero(table.has_gold & table.ok & ~hit)
@@ -325,7 +325,7 @@ def _reliability_svg(bins: list[dict[str, Any]]) -> str:
 def _triage_html(triage, top: int = 50) -> str:
     """The label-issue section: which source ranked, calibration (ECE, reliability diagram), the top rows."""
     e = html.escape
-    parts = [f"<h2>Likeliest label errors (ranked by {e(triage.source)}, cleanlab label quality; {len(triage)} items)</h2>"]
+    parts = [f"<h2>Likeliest label errors (ranked by {e(triage.source)}, cleanlab label quality; {len(triage.rows)} items)</h2>"]
     parts += [f"<p>{e(note)}</p>" for note in triage.notes]
     cal = triage.calibration
     if cal:
@@ -342,7 +342,7 @@ def _triage_html(triage, top: int = 50) -> str:
         parts.append("</table>")
     parts.append("<table><tr><th>issue score</th><th>id</th><th>text</th><th>existing</th><th>suggested</th>"
                  "<th>p(existing)</th><th>source</th></tr>")
-    for cells in map(_issue_cells, triage.iter_rows(top)):
+    for cells in map(_issue_cells, triage.rows[:top]):
         r = dict(zip(LABEL_ISSUE_COLUMNS, cells))
         parts.append(f"<tr><td class=num>{r['issue_score']:.3f}</td><td>{e(str(r['id']))}</td><td>{e(str(r['text']))}</td>"
                      f"<td>{e(str(r['existing_labels']))}</td><td>{e(str(r['suggested_labels']))}</td>"

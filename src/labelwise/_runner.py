@@ -195,6 +195,12 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "settings": cfg.settings.model_dump(),
                                             "started": started.isoformat()})
 
+    ahead = None
+    if corpus.labeled and cfg.triage != "llm":  # triage's corpus classifier needs no answers: fit it while labeling
+        from ._triage import CorpusAhead
+
+        ahead = CorpusAhead([(it.id, it.text, it.labels) for it in items if it.labels], labeler.pool,
+                            labeler.taxonomy.labels, seed=cfg.seed, cache_dir=cfg.options.cache_dir, cache=cfg.options.cache)
     tty = sys.stderr.isatty() if progress is None else progress
     pred_path = run_dir / "predictions.jsonl"
     gold = [it.labels for it in items] if corpus.labeled else None
@@ -233,17 +239,19 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     table = read_predictions(pred_path, [it.id for it in items], labeler.taxonomy.labels)
     triage = None
     if corpus.labeled:
-        from ._triage import triage_arrays
+        from ._cache import ResponseCache
+        from ._triage import triage_run
 
         scored = np.flatnonzero(table.G.any(1))  # every row with existing labels (failed ones have no label_probs)
-        cols = [table.labels.index(lab) for lab in labeler.taxonomy.labels]  # triage columns: the taxonomy's order
-        P = table.probs[np.ix_(scored, cols)] if table.probs is not None else None
-        triage = triage_arrays(table.ids[scored], _Texts(items, table.order[scored]),
-                               lambda i: table.gold_of(int(scored[i])), table.G[np.ix_(scored, cols)], P,
-                               labeler.taxonomy.labels,
-                               ((it.id, it.text, it.labels) for it in labeler.pool.items) if labeler.pool is not None else (),
-                               cfg.triage, seed=cfg.seed)
-        del P
+        rows = [{k: r.get(k) for k in ("id", "text", "gold", "status", "label_probs")} for r in table.rows(scored)]
+        memo = ResponseCache(cfg.options.cache_dir) if cfg.options.cache else None  # a cached rerun reuses its triage
+        try:
+            triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed, cache=memo,
+                                ahead=ahead)
+        finally:
+            if memo is not None:
+                memo.close()
+        del rows
     report = write_run_report(run_dir, table, triage)
     first_error = None
     if not table.ok.all():
@@ -317,19 +325,6 @@ class RunResult(BaseModel):
     triage: dict[str, Any] | None = None
     first_error: str | None = None
     manifest: dict[str, Any]
-
-
-class _Texts:
-    """Texts of run rows by their input position, looked up in the run's items (no copy per row)."""
-
-    def __init__(self, items: list, positions: np.ndarray) -> None:
-        self.items, self.positions = items, positions
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int) -> str:
-        return self.items[int(self.positions[i])].text
 
 
 class _BatchPredictor:

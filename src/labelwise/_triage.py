@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-from array import array
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from ._cache import ResponseCache, stable_hash_rows
 from ._corpus import Corpus
 from ._metrics import expected_calibration_error, top_label_confidence
 
 __all__ = ["Triage", "TriageRow", "Calibrator", "SOURCES", "fold_ids", "calibrate_cross_fitted", "corpus_probabilities",
            "ensemble_cross_fitted", "label_quality", "calibrate_llm", "calibration_of", "ece_noise_floor", "triage",
-           "triage_arrays", "triage_run", "calibration_matrix"]
+           "triage_run", "CorpusAhead"]
 
 Source = Literal["llm", "corpus", "ensemble"]
 Mode = Literal["single", "multi"]
@@ -68,11 +68,10 @@ def mode_of(label_sets: Sequence[Sequence[str]]) -> Mode:
 
 def fold_ids(ids: Sequence[str], k: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Fold of each id: ids ordered by a seeded hash, dealt round-robin; independent of labels and of input order."""
-    # the hash's first 8 bytes order ids as its hex digest does (ties: never in practice); 8 bytes an id, no strings
-    keys = np.fromiter((int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") for i in ids),
-                       dtype=np.uint64, count=len(ids))
+    order = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest())
     folds = np.empty(len(ids), dtype=np.int64)
-    folds[np.argsort(keys, kind="stable")] = np.arange(len(ids)) % k
+    for n, i in enumerate(order):
+        folds[i] = n % k
     return folds
 
 
@@ -172,106 +171,93 @@ def calibrate_cross_fitted(P: np.ndarray, Y: np.ndarray, folds: np.ndarray, mode
     return Q, params
 
 
-def _corpus_model(seed: int, n_train: int):
-    """Character 1-2-gram TF-IDF + logistic regression (log-loss SGD: 10 passes reach the log loss lbfgs/liblinear
-    reach, about 10x faster on this corpus); one-vs-rest, so in single mode scikit-learn normalises rows to sum 1."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+CHUNK = 2000  # texts per predict_proba call, so a huge run never holds one huge TF-IDF matrix
+
+
+def _classifier(seed: int):
+    """Logistic regression by log-loss SGD (10 passes reach the log loss lbfgs/liblinear reach, about 10x faster on
+    this corpus), one-vs-rest: in single mode scikit-learn normalises rows to sum 1."""
     from sklearn.linear_model import SGDClassifier
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
-                                         min_df=2 if n_train >= 100 else 1),
-                         OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None,
-                                                           random_state=seed)))
+    return OneVsRestClassifier(SGDClassifier(loss="log_loss", alpha=3e-5, max_iter=10, tol=None, random_state=seed))
 
 
-def _predict(model, texts: list[str], chunk: int = 2000) -> np.ndarray:
-    """predict_proba in chunks, so a huge run never holds one huge TF-IDF matrix."""
-    return np.vstack([model.predict_proba(texts[i:i + chunk]) for i in range(0, len(texts), chunk)])
+def _threads() -> Any:
+    """The labels' binary fits on threads: SGD releases the GIL, and each fit is seeded, so the result is the same."""
+    import os
+
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=max(1, min(8, os.cpu_count() or 1)))
 
 
 def corpus_probabilities(scored: Sequence[tuple[str, str, Sequence[str]]], pool: Iterable[tuple[str, str, Sequence[str]]],
                          labels: Sequence[str], mode: Mode, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Out-of-fold probabilities of each scored (id, text, labels) item from TF-IDF + logistic regression.
+    """Out-of-fold probabilities of each scored (id, text, labels) item from character 1-2-gram TF-IDF + logistic
+    regression.
 
     The training data is the pool and the scored items together (an item in both counts once, with its scored
     labels); they are split into folds by id, and a scored item's probabilities come from the classifier trained on
     the other folds, so neither its label nor its text (nor an identical text: ids are content hashes) is in training.
     Beyond MAX_TRAIN training items per fold, a sample chosen by a seeded hash of the id (never the labels) trains.
+
+    Each fold's TF-IDF is exactly a `TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True,
+    min_df=2)` fitted on that fold's training texts (min_df=1 below 100 of them), but the texts are split into n-grams
+    and counted once for all folds: a fold keeps the n-grams its own training rows use often enough.
     """
-    # The training items in first-seen order (pool, then scored items not in it), each by reference: >= 0 a scored
-    # item's index, < 0 an extra pool item; no tuple or text copy per item, so a 100k-row run stays small here.
-    n_scored = len(scored)
-    where = {scored[n][0]: n for n in range(n_scored)}
-    ids: list[str] = []
-    src = array("q")
-    extra: list[tuple[str, Sequence[str]]] = []
-    for i, t, labs in pool:
-        if not labs or i in where and where[i] < 0:
-            continue
-        n = where.get(i)
-        if n is None:
-            extra.append((t, labs))
-            where[i] = -len(extra)
-            ids.append(i)
-            src.append(-len(extra))
-        else:
-            where[i] = -(1 << 62)  # taken (the scored item's labels win)
-            ids.append(i)
-            src.append(n)
-    for n in range(n_scored):
-        i = scored[n][0]
-        if where.get(i) == n:  # a scored item not in the pool
-            ids.append(i)
-            src.append(n)
-    del where
-    source = np.frombuffer(src, dtype=np.int64) if len(src) else np.zeros(0, np.int64)
-    fold = fold_ids(ids, folds, seed)
-    at = np.empty(n_scored, dtype=np.int64)  # each scored item's place among the training items
-    at[source[source >= 0]] = np.flatnonzero(source >= 0)
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
-    def text_labels(k: int) -> tuple[str, Sequence[str]]:
-        s = int(source[k])
-        if s >= 0:
-            _, t, labs = scored[s]
-            return t, labs
-        return extra[-s - 1]
-
-    rank = None
-    if len(ids) - len(ids) // folds > MAX_TRAIN:  # a fold may train on a sample: rank every item by a seeded hash once
-        rank = np.array([int.from_bytes(hashlib.sha256(f"{seed}:train:{i}".encode()).digest()[:8], "big") for i in ids],
-                        dtype=np.uint64)
+    data: dict[str, tuple[str, Sequence[str]]] = {i: (t, labs) for i, t, labs in pool if labs}
+    for i, t, labs in scored:
+        data[i] = (t, labs)
+    ids = list(data)
+    fold = dict(zip(ids, fold_ids(ids, folds, seed)))
     index = {lab: j for j, lab in enumerate(labels)}
-    out = np.zeros((n_scored, len(labels)))
-    scored_fold = fold[at]
-    for f in sorted({int(x) for x in scored_fold}):
-        rows = np.flatnonzero(scored_fold == f)
-        train_k = np.flatnonzero(fold != f)
-        if len(train_k) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
-            train_k = train_k[np.argsort(rank[train_k], kind="stable")[:MAX_TRAIN]]  # type: ignore[index]
-        pairs = [text_labels(int(k)) for k in train_k]
-        texts = [t for t, _ in pairs]
-        train_labels = [labs for _, labs in pairs]
-        del pairs
-        test_texts = [scored[int(n)][1] for n in rows]
-        model = _corpus_model(seed, len(train_k))
-        with warnings.catch_warnings():
+    out = np.zeros((len(scored), len(labels)))
+    by_fold: dict[int, list[int]] = {}
+    for n, (i, _, _) in enumerate(scored):
+        by_fold.setdefault(int(fold[i]), []).append(n)
+    trains = {}
+    for f in sorted(by_fold):
+        train = [i for i in ids if fold[i] != f]
+        if len(train) > MAX_TRAIN:  # bounded memory and time on a huge corpus: a seeded sample, chosen by id
+            train = sorted(train, key=lambda i: hashlib.sha256(f"{seed}:train:{i}".encode()).hexdigest())[:MAX_TRAIN]
+        trains[f] = train
+    used = list(dict.fromkeys(i for train in trains.values() for i in train))  # every text some fold trains on
+    row_of = {i: r for r, i in enumerate(used)}
+    counter = CountVectorizer(analyzer="char", ngram_range=(1, 2), dtype=np.float64)
+    counts = counter.fit_transform([data[i][0] for i in used])
+    for f, rows in sorted(by_fold.items()):
+        train = trains[f]
+        test_texts = [scored[n][1] for n in rows]
+        if mode == "single":
+            at = [row_of[i] for i in train for _ in data[i][1]]  # a multi-labeled pool item: one row per label
+            y = [index[lab] for i in train for lab in data[i][1]]
+            if len(set(y)) < 2:
+                out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
+                continue
+        else:
+            at = [row_of[i] for i in train]
+            y = binarize([data[i][1] for i in train], labels)
+        C = counts[at]
+        df = np.bincount(C.indices, minlength=C.shape[1])  # rows of a count matrix name each n-gram once
+        keep = np.flatnonzero(df >= (2 if len(train) >= 100 else 1))
+        tfidf = TfidfTransformer(sublinear_tf=True)
+        X = tfidf.fit_transform(C[:, keep])
+        del C
+        model = _classifier(seed)
+        with warnings.catch_warnings(), _threads():
             warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
             warnings.filterwarnings("ignore", message="Maximum number of iteration")
-            if mode == "single":
-                X = [t for t, labs in zip(texts, train_labels) for _ in labs]
-                y = [index[lab] for labs in train_labels for lab in labs]  # a multi-labeled pool item: one row per label
-                if len(set(y)) < 2:
-                    out[rows] = np.bincount(y, minlength=len(labels)) / len(y)
-                    continue
-                model.fit(X, y)
-                model.steps[0][1].stop_words_ = None  # the n-grams min_df dropped: large, and never used again
-                out[np.ix_(rows, model.classes_)] = _predict(model, test_texts)  # a label absent keeps probability 0
-            else:
-                model.fit(texts, binarize(train_labels, labels))
-                model.steps[0][1].stop_words_ = None
-                out[rows] = _predict(model, test_texts)
+            model.fit(X, y)
+        del X
+        P = np.vstack([model.predict_proba(tfidf.transform(counter.transform(test_texts[a:a + CHUNK])[:, keep]))
+                       for a in range(0, len(test_texts), CHUNK)])
+        if mode == "single":
+            out[np.ix_(rows, model.classes_)] = P  # a label absent keeps probability 0
+        else:
+            out[rows] = P
         del model  # before the next fold's fit: two fitted models at once doubled the peak on a 100k-row run
     return out
 
@@ -296,43 +282,40 @@ def ensemble_cross_fitted(P_llm: np.ndarray, P_corpus: np.ndarray, Y: np.ndarray
 def label_quality(P: np.ndarray, label_sets: Sequence[Sequence[str]], labels: Sequence[str], mode: Mode, *,
                   chunk: int = 10_000) -> np.ndarray:
     """cleanlab's label-quality score of each item's existing labels (lower: likelier an error)."""
-    return _label_quality_matrix(P, binarize(label_sets, labels), mode, chunk=chunk)
-
-
-def _label_quality_matrix(P: np.ndarray, Y: np.ndarray, mode: Mode, *, chunk: int = 10_000) -> np.ndarray:
-    """`label_quality` with the existing labels as a 0/1 matrix."""
-    out = np.empty(len(Y))
-    for a in range(0, len(Y), chunk):  # each item's score depends on its own row only: chunks bound memory
-        sets, rows = Y[a:a + chunk], np.clip(P[a:a + chunk], 0.0, 1.0)
+    index = {lab: j for j, lab in enumerate(labels)}
+    out = np.empty(len(label_sets))
+    for a in range(0, len(label_sets), chunk):  # each item's score depends on its own row only: chunks bound memory
+        sets, rows = label_sets[a:a + chunk], np.clip(P[a:a + chunk], 0.0, 1.0)
         if mode == "single":
             from cleanlab.rank import get_label_quality_scores
 
-            out[a:a + chunk] = get_label_quality_scores(sets.argmax(1), rows / rows.sum(1, keepdims=True))
+            out[a:a + chunk] = get_label_quality_scores(np.array([index[s[0]] for s in sets]), rows / rows.sum(1, keepdims=True))
         else:
             from cleanlab.multilabel_classification.rank import get_label_quality_scores as multi_scores
 
-            out[a:a + chunk] = multi_scores([list(np.flatnonzero(s)) for s in sets], rows, aggregator_kwargs=MULTI_AGGREGATOR)
+            out[a:a + chunk] = multi_scores([[index[x] for x in s] for s in sets], rows, aggregator_kwargs=MULTI_AGGREGATOR)
     return out
 
 
 def suggest(P: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[list[str]]:
     """Suggested labels: the most probable; in multi mode also the others with probability >= 0.5 (at most 3)."""
-    return [_suggest_row(row, labels, mode, max_labels) for row in P]
+    out = []
+    for row in P:
+        order = np.argsort(-row, kind="stable")
+        pick = [labels[order[0]]]
+        if mode == "multi":
+            pick += [labels[j] for j in order[1:max_labels] if row[j] >= 0.5]
+        out.append(pick)
+    return out
 
 
 def calibrate_llm(label_probs: Sequence[dict[str, float] | None], Y: np.ndarray, folds: np.ndarray, labels: Sequence[str],
                   mode: Mode) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """Cross-fitted calibrated probabilities (rows without label_probs left 0) and the calibration report, or Nones."""
-    has = np.array([p is not None for p in label_probs], dtype=bool)
-    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [0.0] * len(labels) for p in label_probs])
-    return _calibrate_matrix(P.reshape(len(has), len(labels)), has, Y, folds, mode)
-
-
-def _calibrate_matrix(P: np.ndarray, has: np.ndarray, Y: np.ndarray, folds: np.ndarray,
-                      mode: Mode) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """`calibrate_llm` on a probability matrix (rows without label_probs are 0 and `has` False); P is not kept."""
+    has = np.array([p is not None for p in label_probs])
     if not has.any():
         return None, None
+    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [0.0] * len(labels) for p in label_probs])
     if mode == "single":
         sums = P.sum(1, keepdims=True)
         P = np.divide(P, sums, out=P.copy(), where=sums > 0)
@@ -371,15 +354,6 @@ def calibration_of(label_probs: Sequence[dict[str, float] | None], gold: Sequenc
     return calibrate_llm(label_probs, binarize(gold, labels), fold_ids(ids, FOLDS, seed), labels, mode)[1]
 
 
-def calibration_matrix(P: np.ndarray, Y: np.ndarray, ids: Sequence[str], *, seed: int = 0) -> dict[str, Any] | None:
-    """`calibration_of` on arrays: label_probs P (a NaN row where absent) and existing labels Y (items x labels)."""
-    if not len(Y):
-        return None
-    mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
-    has = ~np.isnan(P).any(1)
-    return _calibrate_matrix(np.nan_to_num(P, nan=0.0), has, Y.astype(np.float64), fold_ids(ids, FOLDS, seed), mode)[1]
-
-
 @dataclass(slots=True)
 class TriageRow:
     """One scored item of label_issues.csv."""
@@ -393,148 +367,182 @@ class TriageRow:
     source: str
 
 
-class _Scored(Sequence):
-    """(id, text, existing labels) of item i, built when asked: the triage of a huge run holds no tuple per item."""
-
-    def __init__(self, ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[int], list[str]]) -> None:
-        self.ids, self.texts, self.gold_of = ids, texts, gold_of
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return (self.ids[i], self.texts[i], self.gold_of(i))
-
-
 @dataclass
 class Triage:
-    """The ranked items (likeliest error first), which source ranked, and the calibration figures.
+    """The ranked items (likeliest error first), which source ranked, and the calibration figures."""
 
-    Held as arrays over the scored items (`order`: likeliest error first); `rows` / `iter_rows` build TriageRows.
-    """
-
+    rows: list[TriageRow]
     source: str
     requested: str
     mode: Mode
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     ensemble_weights: list[float] | None = None
-    labels: list[str] = field(default_factory=list)
-    items: _Scored | None = None
-    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    P: np.ndarray | None = None
-    by_corpus: np.ndarray | None = None  # items ranked by the corpus although another source was asked for
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def iter_rows(self, top: int | None = None) -> Iterator[TriageRow]:
-        """The ranked rows, likeliest error first (the `top` first), built one at a time."""
-        assert self.items is not None or not len(self.order)
-        index = {lab: j for j, lab in enumerate(self.labels)}
-        for i in self.order[:top]:
-            iid, text, gold = self.items[i]  # type: ignore[index]
-            row = self.P[i]  # type: ignore[index]
-            yield TriageRow(iid, text, gold, _suggest_row(row, self.labels, self.mode), float(self.scores[i]),
-                            {lab: float(row[index[lab]]) for lab in gold},
-                            "corpus" if self.by_corpus is not None and self.by_corpus[i] else self.source)
-
-    @property
-    def rows(self) -> list[TriageRow]:
-        """Every ranked row (small runs and tests; a report streams `iter_rows`)."""
-        return list(self.iter_rows())
 
     def summary(self) -> dict[str, Any]:
         """What report.json records about the triage."""
-        return {"source": self.source, "requested": self.requested, "mode": self.mode, "items": len(self.order),
+        return {"source": self.source, "requested": self.requested, "mode": self.mode, "items": len(self.rows),
                 "folds": FOLDS, "notes": self.notes, "calibration": self.calibration,
                 "ensemble_llm_weight_per_fold": self.ensemble_weights}
 
 
-def _suggest_row(row: np.ndarray, labels: Sequence[str], mode: Mode, max_labels: int = 3) -> list[str]:
-    order = np.argsort(-row, kind="stable")
-    pick = [labels[order[0]]]
-    if mode == "multi":
-        pick += [labels[j] for j in order[1:max_labels] if row[j] >= 0.5]
-    return pick
-
-
 def triage(items: Sequence[dict[str, Any]], labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
-           source: Source = "ensemble", *, seed: int = 0) -> Triage:
+           source: Source = "ensemble", *, seed: int = 0, ahead: CorpusAhead | None = None) -> Triage:
     """Rank labeled items by how likely their existing labels are wrong.
 
     `items`: dicts with `id`, `text`, `gold` (existing labels, non-empty), `label_probs` (dict or None) and optionally
     `status` (a failed prediction's label_probs are not used).
     `pool`: (id, text, labels) of the example pool, training data for the corpus classifier.
+    `ahead`: the corpus classifier's probabilities, started before the model answered (used if for these items).
     """
     if source not in SOURCES:
         raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
     labels = list(labels)
     items = [r for r in items if r.get("gold")]
+    if not items:
+        return Triage([], source, source, "single", ["no item has existing labels: nothing to rank"])
     gold = [list(r["gold"]) for r in items]
-    probs = [r.get("label_probs") if r.get("status", "ok") == "ok" else None for r in items]
-    P = np.array([[p.get(lab, 0.0) for lab in labels] if p is not None else [np.nan] * len(labels) for p in probs])
-    return triage_arrays([r["id"] for r in items], [r["text"] for r in items], gold.__getitem__,
-                         binarize(gold, labels), P.reshape(len(items), len(labels)), labels, pool, source, seed=seed)
-
-
-def triage_arrays(ids: Sequence[str], texts: Sequence[str], gold_of: Callable[[int], list[str]], Y: np.ndarray,
-                  P_llm: np.ndarray | None, labels: Sequence[str], pool: Iterable[tuple[str, str, Sequence[str]]] = (),
-                  source: Source = "ensemble", *, seed: int = 0) -> Triage:
-    """`triage` on arrays: Y the 0/1 existing labels (items x labels, every item has one), P_llm the model's label_probs
-    (a NaN row where it gave none; None: no item has them); texts and existing labels are looked up when needed,
-    never copied per item."""
-    if source not in SOURCES:
-        raise ValueError(f"triage source must be one of {SOURCES}, got {source!r}")
-    labels = list(labels)
-    if not len(ids):
-        return Triage(source, source, "single", ["no item has existing labels: nothing to rank"], labels=labels)
-    Y = np.asarray(Y)
-    if Y.dtype == bool:
-        Y = Y.astype(np.uint8)  # 0/1 as numbers: one byte an entry, not eight (the figures are the same)
-    mode: Mode = "single" if bool((Y.sum(1) == 1).all()) else "multi"
+    mode = mode_of(gold)
+    Y = binarize(gold, labels)
+    ids = [r["id"] for r in items]
     folds = fold_ids(ids, FOLDS, seed)
-    has_llm = ~np.isnan(P_llm).any(1) if P_llm is not None else np.zeros(len(ids), dtype=bool)
+    llm_probs = [r.get("label_probs") if r.get("status", "ok") == "ok" else None for r in items]
+    has_llm = np.array([p is not None for p in llm_probs])
     notes: list[str] = []
     used = source
     if source in ("llm", "ensemble") and not has_llm.any():
         notes.append(f"no prediction has label_probs (the model gave no per-label probabilities): ranked by corpus, not {source}")
         used = "corpus"
-    Q_llm, calibration = _calibrate_matrix(np.nan_to_num(P_llm, nan=0.0), has_llm, Y, folds, mode) if has_llm.any() \
-        else (None, None)
-    scored = _Scored(ids, texts, gold_of)
+    Q_llm, calibration = calibrate_llm(llm_probs, Y, folds, labels, mode)
     P_corpus = None
     if used in ("corpus", "ensemble"):
-        P_corpus = corpus_probabilities(scored, pool, labels, mode, seed=seed)
+        scored = [(r["id"], r["text"], list(r["gold"])) for r in items]
+        P_corpus = ahead.result_for(scored, labels, seed) if ahead is not None else None
+        if P_corpus is None:
+            P_corpus = corpus_probabilities(scored, pool, labels, mode, seed=seed)
     weights = None
-    by_corpus = None
+    per_row_source = [used] * len(items)
     if used == "llm":
-        P = Q_llm
+        P = Q_llm.copy()
         missing = ~has_llm
         if missing.any():
-            rows = np.flatnonzero(missing)
-            P[missing] = corpus_probabilities([scored[i] for i in rows], pool, labels, mode, seed=seed)
+            P[missing] = corpus_probabilities([(ids[i], items[i]["text"], gold[i]) for i in np.flatnonzero(missing)], pool,
+                                              labels, mode, seed=seed)
             notes.append(f"{int(missing.sum())} item(s) without label_probs ranked by corpus")
-            by_corpus = missing
+            for i in np.flatnonzero(missing):
+                per_row_source[i] = "corpus"
     elif used == "corpus":
         P = P_corpus
     else:
-        P = P_corpus
+        P = P_corpus.copy()
         P[has_llm], weights = ensemble_cross_fitted(Q_llm[has_llm], P_corpus[has_llm], Y[has_llm], folds[has_llm], mode)
         if (~has_llm).any():
             notes.append(f"{int((~has_llm).sum())} item(s) without label_probs ranked by corpus alone")
-            by_corpus = ~has_llm
-    del Q_llm
-    quality = _label_quality_matrix(P, Y, mode)
-    scores = np.clip(1.0 - quality, 0.0, 1.0)
-    order = np.lexsort((np.asarray(ids), -scores)).astype(np.int64)  # likeliest error first, ties by id
-    return Triage(used, source, mode, notes, calibration, weights, labels, scored, order, scores, P, by_corpus)
+            for i in np.flatnonzero(~has_llm):
+                per_row_source[i] = "corpus"
+    quality = label_quality(P, gold, labels, mode)
+    suggested = suggest(P, labels, mode)
+    index = {lab: j for j, lab in enumerate(labels)}
+    rows = [TriageRow(ids[i], items[i]["text"], gold[i], suggested[i], float(min(1.0, max(0.0, 1.0 - quality[i]))),
+                      {lab: float(P[i, index[lab]]) for lab in gold[i]}, per_row_source[i]) for i in range(len(items))]
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].issue_score, rows[i].id))
+    return Triage([rows[i] for i in order], used, source, mode, notes, calibration, weights)
+
+
+class CorpusAhead:
+    """The corpus classifier's out-of-fold probabilities for a run's labeled items, fitted on a daemon thread while
+    the run is still labeling (they depend on the existing labels and the pool, never on the model's answers), or
+    read from the cache where an earlier run kept them. Fitting releases the GIL for most of its time."""
+
+    def __init__(self, scored: Sequence[tuple[str, str, Sequence[str]]], pool: Corpus | None, labels: Sequence[str], *,
+                 seed: int = 0, cache_dir: str | None = None, cache: bool = True) -> None:
+        import threading
+        from concurrent.futures import Future
+
+        scored = [(i, t, list(g)) for i, t, g in scored]
+        self.labels, self.seed = list(labels), seed
+        self.digest = _digest(scored)  # not the items themselves: a long run's rows are not held twice
+        pool_items = _pool_items(pool)
+        self.future: Future[np.ndarray] = Future()
+        key = stable_hash_rows({"code": _code_version(), "labels": self.labels, "seed": seed, "scored": self.digest},
+                               pool_items) if cache else None
+        hit = _memo(cache_dir, key)
+        if hit is not None or not scored:
+            self.future.set_result(hit)
+            return
+
+        def fit() -> None:
+            try:
+                P = corpus_probabilities(scored, pool_items, self.labels, mode_of([g for _, _, g in scored]), seed=seed)
+                if key is not None:
+                    _memo(cache_dir, key, P)
+                self.future.set_result(P)
+            except BaseException as err:  # noqa: BLE001 - handed to whoever asks for the result
+                self.future.set_exception(err)
+
+        threading.Thread(target=fit, name="labelwise-triage", daemon=True).start()
+
+    def result_for(self, scored: Sequence[tuple[str, str, Sequence[str]]], labels: Sequence[str], seed: int
+                   ) -> np.ndarray | None:
+        """The probabilities, waiting for them, if they were started for exactly these items; else None."""
+        if list(labels) != self.labels or seed != self.seed or _digest(scored) != self.digest:
+            return None
+        return self.future.result()
+
+
+def _memo(cache_dir: str | None, key: str | None, value: Any = None) -> Any:
+    """Read (or, given a value, write) one entry of the corpus-probabilities memo in its own cache connection."""
+    if key is None:
+        return None
+    cache = ResponseCache(cache_dir)
+    try:
+        if value is None:
+            return cache.get("triage-corpus", key)
+        cache.set("triage-corpus", key, value)
+    finally:
+        cache.close()
+    return None
+
+
+def _digest(scored: Iterable[tuple[str, str, Sequence[str]]]) -> str:
+    """A stable key of (id, text, existing labels) items, in order."""
+    return stable_hash_rows("items", ((i, t, list(g)) for i, t, g in scored))
+
+
+def _pool_items(pool: Corpus | None) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
 
 
 def triage_run(rows: Sequence[dict[str, Any]], labels: Sequence[str], pool: Corpus | None, source: Source = "ensemble",
-               *, seed: int = 0) -> Triage:
-    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs)."""
+               *, seed: int = 0, cache: ResponseCache | None = None, ahead: CorpusAhead | None = None) -> Triage:
+    """Triage of a relabel run's prediction rows (every row with existing labels; failed ones have no label_probs).
+
+    With a `cache`, the result is kept under a hash of everything it depends on (the rows' ids, texts, existing labels
+    and label_probs, the pool, the labels, source, seed, and this code and its libraries' versions), so a rerun
+    whose predictions all came from the cache does not fit the same classifiers again.
+    """
     items = [r for r in rows if r.get("gold")]  # triage reads label_probs of ok rows only
-    pool_items = [(it.id, it.text, it.labels) for it in pool.items] if pool is not None else []
-    return triage(items, labels, pool_items, source, seed=seed)
+    pool_items = _pool_items(pool)
+    key = None
+    if cache is not None:
+        answers = stable_hash_rows("answers", ((r["id"], r["text"], r["gold"], r.get("status", "ok"), r.get("label_probs"))
+                                               for r in items))
+        key = stable_hash_rows({"code": _code_version(), "labels": list(labels), "source": source, "seed": seed,
+                                "items": answers}, pool_items)
+        if (hit := cache.get("triage", key)) is not None:
+            return hit
+    result = triage(items, labels, pool_items, source, seed=seed, ahead=ahead)
+    if cache is not None:
+        cache.set("triage", key, result)
+    return result
+
+
+def _code_version() -> list[str]:
+    """What else decides a triage result: this module's and the metrics' code, and the libraries doing the work."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from . import _metrics
+
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(_metrics.__file__).read_bytes()).hexdigest()
+    return [code, *(f"{lib} {version(lib)}" for lib in ("numpy", "scipy", "scikit-learn", "cleanlab"))]
