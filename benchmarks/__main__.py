@@ -8,8 +8,8 @@ How to run (from the repository root, with the project's venv; `make bench` runs
 
 Scenarios: 1 throughput at 100 ms latency, 2 a 600 rpm server limit, 3 faults (5% 500s + 5% garbage),
 4 items per request, 5 cache-hit rerun of the corpus, 6 start-up, 7 the embedded model at K=0/4/8,
-8 peak memory over 100,000 rows, 9 the fake server's own cost per request, 10 bootstrap CIs on 6,000 items,
-11 finding injected label noise in the eval split with the embedded model (`--only 11`).
+8 peak memory and KB per row over 100,000 and 1,000,000 rows, 9 the fake server's own cost per request,
+10 bootstrap CIs on 6,000 items, 11 finding injected label noise in the eval split with the embedded model (`--only 11`).
 Every figure is set against a limit or target measured or fixed in the same run.
 The fake OpenAI-compatible server is `benchmarks/fake_openai.py`; it needs no network and no API key.
 """

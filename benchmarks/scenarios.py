@@ -458,25 +458,51 @@ class _Ok:
 
 
 def s8_memory(ctx: Ctx) -> list[Row]:
-    """Peak RSS of `labelwise relabel` over 100,000 synthesized rows at latency 0, high concurrency."""
-    n, ipr = (5_000, 10) if ctx.quick else (100_000, 10)  # 100k one-item requests: ~25 min of openai-SDK CPU here
+    """Peak RSS and rows/s of `labelwise relabel` at two sizes (shots 0, C=64, 10 items a request); KB per row above a base.
+
+    The base and the memory per row come from the two sizes (a line through both peaks). The sizes are 100,000 and
+    1,000,000 rows (quick: 5,000 and 20,000), or `LABELWISE_BENCH_S8_ROWS=N1,N2` (1M rows take ~40 min at 430 rows/s).
+    """
+    env_sizes = os.environ.get("LABELWISE_BENCH_S8_ROWS")
+    sizes = sorted(int(x) for x in (env_sizes or ("5000,20000" if ctx.quick else "100000,1000000")).split(","))
     lines = [ln for ln in DATA.read_text(encoding="utf-8").splitlines() if "\t" in ln]
-    big = ctx.tmp / "big.tsv"
-    big.write_text("".join(f"{lines[i % len(lines)]} #{i}\n" for i in range(n)), encoding="utf-8")
-    settings = [(n, "shots 0", ["--shots", "0"])]
-    if not ctx.quick:  # default shots: the first 20,000 rows (the selector's cost would double the run at 100k)
-        settings.append((20_000, "8 shots from the corpus", ["--examples", str(DATA), "--limit", "20000"]))
-    rows = []
+    ipr = 10
+    rows: list[Row] = []
+    peaks: list[tuple[int, float]] = []
     with FakeOpenAIServer(Scenario()) as srv:
-        for k, (rows_n, name, extra) in enumerate(settings):
+        for k, n in enumerate(sizes):
+            big = ctx.tmp / f"big-{n}.tsv"
+            with open(big, "w", encoding="utf-8") as f:
+                for i in range(n):
+                    f.write(f"{lines[i % len(lines)]} #{i}\n")
             out = ctx.tmp / f"s8-{k}"
-            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "64", "--items-per-request", str(ipr), *extra),
+            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "64", "--items-per-request", str(ipr), "--shots", "0"),
                     {"LABELWISE_CACHE_DIR": str(ctx.tmp / f"s8-cache-{k}")})
-            check(p, f"relabel {rows_n} rows")
+            check(p, f"relabel {n} rows")
             m = manifest(out)
-            rows.append(Row("8 peak memory", f"{rows_n:,} rows, {name}, C=64, {ipr}/request", f"{p.rss_mb:,.0f} MB", "< 1,024 MB",
-                            pct(p.rss_mb / 1024), verdict(p.rss_mb < 1024),
-                            f"max RSS of the process; wall {p.wall:.0f} s ({rows_n / p.wall:.0f} rows/s), "
+            big.unlink()
+            peaks.append((n, p.rss_mb))
+            rows.append(Row("8 peak memory", f"{n:,} rows, shots 0, C=64, {ipr}/request", f"{p.rss_mb:,.0f} MB", "", "", "",
+                            f"max RSS of the process; wall {p.wall:.0f} s ({n / p.wall:.0f} rows/s), "
+                            f"{m['model_calls']} requests, failed {m['counts']['failed']}"))
+        if len(peaks) >= 2:
+            (n0, r0), (n1, r1) = peaks[0], peaks[-1]
+            per_row_kb = (r1 - r0) * 1024 / (n1 - n0)
+            base = r0 - per_row_kb * n0 / 1024
+            rows.append(Row("8 memory per row", f"{n0:,} -> {n1:,} rows", f"{per_row_kb:.2f} KB/row", "<= 1.5 KB/row",
+                            pct(per_row_kb / 1.5), verdict(per_row_kb <= 1.5),
+                            f"above a base of {base:,.0f} MB (the line through both peaks)"))
+        if not ctx.quick and not env_sizes:  # default shots: the first 20,000 rows (the selector doubles the run time)
+            big = ctx.tmp / "big-shots.tsv"
+            big.write_text("".join(f"{lines[i % len(lines)]} #{i}\n" for i in range(20_000)), encoding="utf-8")
+            out = ctx.tmp / "s8-shots"
+            p = run(relabel_cmd(big, out, srv.base_url, "--concurrency", "64", "--items-per-request", str(ipr),
+                                "--examples", str(DATA)), {"LABELWISE_CACHE_DIR": str(ctx.tmp / "s8-cache-shots")})
+            check(p, "relabel 20,000 rows, 8 shots")
+            m = manifest(out)
+            rows.append(Row("8 peak memory", f"20,000 rows, 8 shots from the corpus, C=64, {ipr}/request",
+                            f"{p.rss_mb:,.0f} MB", "< 1,024 MB", pct(p.rss_mb / 1024), verdict(p.rss_mb < 1024),
+                            f"max RSS of the process; wall {p.wall:.0f} s ({20_000 / p.wall:.0f} rows/s), "
                             f"{m['model_calls']} requests, failed {m['counts']['failed']}"))
     return rows
 

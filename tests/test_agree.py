@@ -43,13 +43,13 @@ def test_agree_joins_by_id_and_counts_unjoined_and_failed(tmp_path: Path) -> Non
     pred.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8")
 
     result = agree(gold, pred, n_boot=50)
-    assert result["counts"] == {"scored": len(texts) - 5 - 4, "failed": 4, "only_in_gold": 5, "only_in_predictions": 1}
+    assert result.counts == {"scored": len(texts) - 5 - 4, "failed": 4, "only_in_gold": 5, "only_in_predictions": 1}
     ok = [p for p in preds[4:-1]]
     expected = score([by_text[p["text"]] for p in ok], [p["labels"] for p in ok],
                      sorted({lab for p in ok for lab in p["labels"] + by_text[p["text"]]}), n_boot=0)
-    assert result["n"] == expected.n
-    assert abs(result["top1_accuracy"] - expected.top1_accuracy) < 1e-12
-    assert abs(result["micro_f1"] - expected.micro_f1) < 1e-12
+    assert result.agreement.n == expected.n
+    assert abs(result.agreement.top1_accuracy - expected.top1_accuracy) < 1e-12
+    assert abs(result.agreement.micro_f1 - expected.micro_f1) < 1e-12
 
 
 def test_agree_cli_perturbed_copy_vs_and_plot(tmp_path: Path) -> None:

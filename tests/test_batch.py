@@ -65,7 +65,7 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
     server = fake_server(batch={"seconds": 0.2})
     out = tmp_path / "run"
     result = relabel(cfg(data, out, server, prices=prices), progress=False)
-    m = result["manifest"]
+    m = result.manifest
     got = rows(out)
     assert len(got) == 12 and all(r["status"] == "ok" for r in got)
     assert server.batch_stats["batches_created"] == 1 and server.batch_stats["files_uploaded"] == 1
@@ -107,7 +107,7 @@ def test_whole_run_same_request_same_cache_and_batch_prices(data, tmp_path, fake
                                   settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2)), progress=False)
     assert server.stats.completions == 0
     assert [r["labels"] for r in rows(tmp_path / "online")] == [r["labels"] for r in got]
-    assert again["manifest"]["counts"]["ok"] == 12
+    assert again.manifest["counts"]["ok"] == 12
 
 
 def signal_when(cmd: list[str], ready, log: Path, sig: int = signal.SIGKILL) -> int:
@@ -253,7 +253,7 @@ def test_line_errors_and_invalid_answers_are_reasked_online(data, tmp_path, fake
     # one online request per failed line (ipr=1), or per item of a failed group (ipr=3)
     assert server.stats.completions == 4 * ipr
     assert server.batch_stats["batches_created"] == 1
-    assert result["manifest"]["batch"]["online_reask_tokens"]["prompt_tokens"] > 0
+    assert result.manifest["batch"]["online_reask_tokens"]["prompt_tokens"] > 0
     reasked = [r for r in server.received if len(r["messages"]) == 3]
     assert len(reasked) == (2 if ipr == 1 else 0), "an invalid single answer is re-asked with its validation error"
 

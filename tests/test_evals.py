@@ -45,9 +45,9 @@ def test_eval_small_spec_end_to_end(small_spec: Path, tmp_path: Path) -> None:
 
     split = json.loads((tmp_path / "evals" / "small.split.json").read_text(encoding="utf-8"))
     assert len(split["ids"]) == 3
-    assert result["split"]["held_out"] == 3
-    assert result["split"]["pool"] + 3 <= 150
-    names = [r["variant"] for r in result["rows"]]
+    assert result.split.held_out == 3
+    assert result.split.pool + 3 <= 150
+    names = [r.variant for r in result.rows]
     assert set(names) == {"fs2", BASELINE}
 
     preds = [json.loads(line) for line in (out / "fs2" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -60,14 +60,14 @@ def test_eval_small_spec_end_to_end(small_spec: Path, tmp_path: Path) -> None:
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "fs2" in md and BASELINE in md and "Paired comparison" in md
     assert "| alpha | ECE |" in md
-    fs2 = next(r for r in result["rows"] if r["variant"] == "fs2")
-    assert fs2["calibration"]["items"] == sum(p["status"] == "ok" for p in preds)  # the embedded model gives label_probs
-    assert 0.0 <= fs2["calibration"]["ece"] <= 1.0 and 0.0 <= fs2["calibration"]["ece_raw"] <= 1.0
-    assert "calibration" not in next(r for r in result["rows"] if r["variant"] == BASELINE)
+    fs2 = next(r for r in result.rows if r.variant == "fs2")
+    assert fs2.calibration["items"] == sum(p["status"] == "ok" for p in preds)  # the embedded model gives label_probs
+    assert 0.0 <= fs2.calibration["ece"] <= 1.0 and 0.0 <= fs2.calibration["ece_raw"] <= 1.0
+    assert "calibration" not in next(r for r in result.to_json()["rows"] if r["variant"] == BASELINE)
 
     again = run_eval(small_spec, out=out, cache_dir=cache, progress=False)
-    row = next(r for r in again["rows"] if r["variant"] == "fs2")
-    assert row["cached"] == 3, "a rerun with nothing changed must come from the cache"
+    row = next(r for r in again.rows if r.variant == "fs2")
+    assert row.cached == 3, "a rerun with nothing changed must come from the cache"
     assert json.loads((tmp_path / "evals" / "small.split.json").read_text(encoding="utf-8"))["ids"] == split["ids"]
 
 

@@ -75,7 +75,7 @@ def test_library_relabel_uses_the_input_as_its_pool_like_the_cli(tmp_path: Path,
     result = relabel(RelabelConfig(input=str(data), out=str(tmp_path / "run"),
                                    settings=LabelSettings(model="openai:x", base_url=server.base_url, shots=2)),
                      progress=False)
-    m = result["manifest"]
+    m = result.manifest
     assert m["examples"]["path"] == "input (leave-one-out)" and m["examples"]["pool_size"] == 10
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 10

@@ -22,9 +22,11 @@ _EXPORTS = {
     "._labeler": ["Labeler", "DEFAULT_CORPUS"],
     "._settings": ["LabelSettings", "RunOptions"],
     "._metrics": ["score", "compare", "confusion"],
-    "._runner": ["relabel", "RelabelConfig"],
+    "._runner": ["relabel", "RelabelConfig", "RunResult"],
+    "._runs": ["label_into", "LabelStats", "Predictor", "read_predictions"],
+    "._baseline": ["TfidfBaseline"],
     "._batch": ["BatchConfig", "batch_status", "cancel_batches"],
-    "._evals": ["run_eval", "EvalSpec"],
+    "._evals": ["run_eval", "EvalSpec", "EvalResult"],
     "._triage": ["triage", "Triage", "TriageRow", "Calibrator"],
     "._review": ["export_tasks", "push_tasks", "pull_corrections", "import_corrections", "apply_corrections", "label_config"],
     "._exceptions": [

@@ -8,7 +8,7 @@ import json
 import random
 import sys
 import time
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._corpus import Corpus, load_corpus
 from ._exceptions import SpecError
-from ._io import atomic_write_json, atomic_write_text, parse_yaml, write_jsonl
+from ._cache import stable_hash
+from ._io import atomic_write_json, atomic_write_text, parse_yaml
+from ._metrics import Agreement, Difference, McNemar
 from ._settings import LabelSettings, RunOptions, SettingsUpdate
 from ._taxonomy import load_taxonomy
 
-__all__ = ["EvalSpec", "Variant", "load_spec", "run_eval", "arun_eval", "check_gates", "leaderboard_markdown"]
+__all__ = ["EvalSpec", "Variant", "EvalResult", "EvalRow", "ComparisonRow", "SplitInfo", "load_spec", "run_eval", "arun_eval",
+           "check_gates", "leaderboard_markdown"]
 
 BASELINE = "baseline:tfidf-linearsvm"
 
@@ -144,38 +147,73 @@ def held_out(spec: EvalSpec, corpus: Corpus, root: Path) -> list[str]:
     return ids
 
 
-def _baseline(pool: Corpus, test: list, labels: list[str]) -> list[list[str]]:
-    """A character n-gram TF-IDF one-vs-rest linear SVM trained on the pool: what the LLM must beat."""
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.preprocessing import MultiLabelBinarizer
-    from sklearn.svm import LinearSVC
+class SplitInfo(BaseModel):
+    """The held-out split an eval ran on: its file, sizes and seed."""
 
-    mlb = MultiLabelBinarizer(classes=labels)
-    y = mlb.fit_transform([it.labels for it in pool.items])
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True)
-    X = vec.fit_transform([it.text for it in pool.items])
-    clf = OneVsRestClassifier(LinearSVC(C=0.5))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
-        clf.fit(X, y)  # a taxonomy label absent from the pool is simply never predicted
-    scores = clf.decision_function(vec.transform([it.text for it in test]))
-    out = []
-    for row in scores:
-        order = np.argsort(-row)
-        out.append([labels[order[0]]] + [labels[j] for j in order[1:3] if row[j] > 0])
-    return out
+    file: str
+    held_out: int
+    pool: int
+    seed: int
+
+
+class EvalRow(BaseModel):
+    """One leaderboard row: a variant's figures on the held-out split, tokens, cost and time per item."""
+
+    variant: str
+    settings: dict[str, Any]
+    prompt: str | None
+    n: int
+    failed: int
+    cached: int
+    metrics: Agreement | None
+    tokens_per_1k_items: float
+    cost_per_1k_items: float | None
+    seconds_per_item: float
+    seconds: float
+    calibration: dict[str, Any] | None = None
+
+
+class ComparisonRow(BaseModel):
+    """The best variant against one other, paired on the items both labeled."""
+
+    best: str
+    other: str
+    items: int
+    n: int
+    metrics: dict[str, Difference]
+    mcnemar: McNemar
+
+
+class EvalResult(BaseModel):
+    """An eval's results: the rows (best first by `primary`), the paired comparisons; results.json is `to_json()`."""
+
+    spec: str
+    primary: str
+    split: SplitInfo
+    rows: list[EvalRow]
+    comparisons: list[ComparisonRow]
+    out: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """results.json's object: the baseline row has no calibration key (it gives no probabilities)."""
+        data = self.model_dump(exclude={"out"})
+        for row in data["rows"]:
+            if row["variant"] == BASELINE:
+                row.pop("calibration")
+        return data
 
 
 async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, only: list[str] | None = None,
-                    limit: int | None = None, cache_dir: str | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Run every variant (or `only` some) on the held-out split and write the leaderboard; returns the results."""
+                    limit: int | None = None, cache_dir: str | None = None, progress: bool | None = None) -> EvalResult:
+    """Run every variant (or `only` some) on the held-out split and write the leaderboard; returns the results.
+
+    Each variant's predictions stream into its own predictions.jsonl, so an interrupted eval resumes where it stopped.
+    """
+    from ._baseline import TfidfBaseline
     from ._labeler import Labeler
-    from ._metrics import score, scored_labels
     from ._prices import cost_of, load_prices
     from ._progress import Progress
-    from ._triage import calibration_of
+    from ._runs import label_into, read_predictions, sort_predictions
 
     spec, root = load_spec(spec_path)
     corpus = load_corpus(_resolve(root, spec.dataset))
@@ -195,59 +233,106 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     out_dir = Path(out or Path("runs") / f"eval-{spec.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     prices = load_prices(_resolve(root, spec.prices))
-    gold = [list(it.labels) for it in test]
+    gold = [it.labels for it in test]
     classes = sorted({lab for it in corpus.items for lab in it.labels} | set(load_taxonomy(taxonomy).labels if taxonomy else ()))
-    rows: list[dict[str, Any]] = []
-    preds_by_variant: dict[str, list[list[str] | None]] = {}
+    split_fp = stable_hash([ids, [it.id for it in pool.items]])
+    rows: list[EvalRow] = []
+    tables: dict[str, Any] = {}
+    tty = sys.stderr.isatty() if progress is None else progress
+
+    async def run(name: str, predictor: Any, settings: dict[str, Any], fingerprint: dict[str, Any], model: str) -> None:
+        path = out_dir / _slug(name) / "predictions.jsonl"
+        bars: list[Progress] = []  # started once resuming is done, at the resumed count
+        t0 = time.monotonic()
+        try:
+            stats = await label_into(
+                path, predictor, test, gold, fingerprint={**fingerprint, "split": split_fp},
+                on_start=lambda st: bars.append(Progress(len(test), st.resumed, tty, title=name)),
+                on_result=lambda p: bars[0].update(p, cost_of(p.usage, model, prices)))
+        finally:
+            for bar in bars:
+                bar.close()
+            await predictor.aclose()
+        sort_predictions(path, ids)  # held-out order, as the split file lists them
+        table = tables[name] = read_predictions(path, ids, classes)
+        rows.append(_score_row(name, settings, table, classes, model, prices, time.monotonic() - t0,
+                               stats.resumed + stats.cached_now, spec.n_boot,
+                               getattr(predictor, "prompt", None)))
 
     options = RunOptions(concurrency=spec.concurrency, cache_dir=cache_dir)
     for name, settings in variants.items():
         resolved = settings.updated(prompt=_prompt_path(root, settings.prompt))
         labeler = Labeler.from_settings(resolved, options, pool=pool)
-        bar = Progress(len(test), 0, sys.stderr.isatty() if progress is None else progress, title=name)
-        t0 = time.monotonic()
-        try:
-            preds = await labeler.alabel_items([(it.id, it.text) for it in test],
-                                               on_result=lambda p: bar.update(p, cost_of(p.usage, labeler.model.name, prices)))
-        finally:
-            bar.close()
-            await labeler.aclose()
-        seconds = time.monotonic() - t0
-        write_jsonl(out_dir / _slug(name) / "predictions.jsonl",
-                    [{**p.model_dump(), "gold": g} for p, g in zip(preds, gold)])
-        ok = [i for i, p in enumerate(preds) if p.status == "ok"]
-        usage = {k: sum(p.usage.get(k, 0) for p in preds) for k in ("prompt_tokens", "completion_tokens")}
-        cost = cost_of(usage, labeler.model.name, prices)
-        g_ok, p_ok = [gold[i] for i in ok], [preds[i].labels for i in ok]
-        metrics = score(g_ok, p_ok, scored_labels(g_ok, p_ok), n_boot=spec.n_boot) if ok else None
-        preds_by_variant[name] = [p.labels if p.status == "ok" else None for p in preds]
-        rows.append(_row(name, settings.model_dump(exclude_defaults=True), metrics, len(preds) - len(ok), len(test), usage, cost, seconds,
-                         sum(p.cached for p in preds), labeler.prompt.ref))
-        rows[-1]["calibration"] = calibration_of([preds[i].label_probs for i in ok], g_ok, classes,
-                                                 [preds[i].id for i in ok])
+        await run(name, labeler, settings.model_dump(exclude_defaults=True),
+                  {"settings": resolved.model_dump(mode="json"), "prompt": labeler.prompt.ref,
+                   "model": labeler.model.identity(), "labels": labeler.taxonomy.labels}, labeler.model.name)
     if spec.baseline and (not only or BASELINE in only):
-        t0 = time.monotonic()
-        base = _baseline(pool, test, classes)
-        seconds = time.monotonic() - t0
-        preds_by_variant[BASELINE] = base
-        write_jsonl(out_dir / _slug(BASELINE) / "predictions.jsonl",
-                    [{"id": it.id, "text": it.text, "labels": p, "status": "ok", "gold": g} for it, p, g in zip(test, base, gold)])
-        rows.append(_row(BASELINE, {"model": "scikit-learn"}, score(gold, base, scored_labels(gold, base), n_boot=spec.n_boot), 0, len(test),
-                         {"prompt_tokens": 0, "completion_tokens": 0}, 0.0, seconds, 0, None))
+        await run(BASELINE, TfidfBaseline(pool, classes), {"model": "scikit-learn"},
+                  {"variant": BASELINE, "labels": classes}, "scikit-learn")
 
-    rows.sort(key=lambda r: -(r["metrics"] or {}).get(spec.primary, float("-inf")) if r["metrics"] else float("inf"))
-    comparisons = _compare_best(rows, preds_by_variant, gold, spec.n_boot)
-    result = {"spec": spec.name, "primary": spec.primary, "split": {"file": spec.split.file, "held_out": len(test),
-              "pool": len(pool), "seed": spec.split.seed}, "rows": rows, "comparisons": comparisons}
-    atomic_write_json(out_dir / "results.json", result)
+    rows.sort(key=lambda r: _sort_key(r, spec.primary))
+    result = EvalResult(spec=spec.name, primary=spec.primary,
+                        split=SplitInfo(file=spec.split.file, held_out=len(test), pool=len(pool), seed=spec.split.seed),
+                        rows=rows, comparisons=_compare_best(rows, tables, spec.n_boot))
+    atomic_write_json(out_dir / "results.json", result.to_json())
     atomic_write_text(out_dir / "leaderboard.md", leaderboard_markdown(result))
     atomic_write_text(out_dir / "leaderboard.html", _leaderboard_html(result))
     from ._plots import plot_scatter
 
-    plot_scatter([(r["variant"], r["tokens_per_1k_items"], (r["metrics"] or {}).get(spec.primary) or 0.0) for r in rows],
-                 out_dir / "agreement_vs_cost.png", "tokens per 1,000 items (prompt + completion)", spec.primary)
-    result["out"] = str(out_dir)
+    plot_scatter([(r.variant, r.tokens_per_1k_items, (r.metrics.model_dump() if r.metrics else {}).get(spec.primary) or 0.0)
+                  for r in rows], out_dir / "agreement_vs_cost.png", "tokens per 1,000 items (prompt + completion)", spec.primary)
+    result.out = str(out_dir)
     return result
+
+
+def _ok_matrices(table, classes: list[str]):
+    """A variant's rows over `classes`' columns: (ok mask, gold, predicted, top column or -1, label_probs or NaN)."""
+    import numpy as np
+
+    where = {lab: j for j, lab in enumerate(table.labels)}
+    dst = np.array([k for k, c in enumerate(classes) if c in where], dtype=np.int64)
+    src = np.array([where[c] for c in classes if c in where], dtype=np.int64)
+    n, L = len(table), len(classes)
+    G, P = np.zeros((n, L), dtype=bool), np.zeros((n, L), dtype=bool)
+    G[:, dst], P[:, dst] = table.G[:, src], table.P[:, src]
+    probs = np.zeros((n, L))
+    if table.probs is not None:
+        probs[:, dst] = table.probs[:, src]
+    probs[~table.has_probs] = np.nan
+    remap = np.full(len(table.labels) + 1, -1, dtype=np.int64)
+    remap[src] = dst
+    return table.ok, G, P, remap[table.top], probs
+
+
+def _score_row(name: str, settings: dict[str, Any], table, classes: list[str], model: str, prices, seconds: float,
+               cached: int, n_boot: int, prompt) -> EvalRow:
+    """A leaderboard row from a variant's predictions: figures on its ok rows, calibration, tokens, cost, time."""
+    import numpy as np
+
+    from ._metrics import score_matrix, scored_columns
+    from ._prices import cost_of
+    from ._triage import calibration_of
+
+    ok, G, P, top, probs = _ok_matrices(table, classes)
+    metrics = calibration = None
+    if ok.any():
+        use = scored_columns(G[ok], P[ok])
+        remap = np.full(len(classes) + 1, -1, dtype=np.int64)
+        remap[use] = np.arange(len(use))
+        metrics = score_matrix(G[ok][:, use], P[ok][:, use], remap[top[ok]], [classes[j] for j in use], n_boot=n_boot)
+        ok_rows = np.flatnonzero(ok)
+        label_probs = [None if np.isnan(p).any() else dict(zip(classes, map(float, p))) for p in probs[ok_rows]]
+        calibration = calibration_of(label_probs, [[classes[j] for j in np.flatnonzero(G[i])] for i in ok_rows], classes,
+                                     [str(i) for i in table.ids[ok_rows]])  # None: no label_probs
+    n = len(table)
+    usage = table.usage
+    cost = 0.0 if name == BASELINE else cost_of(usage, model, prices)
+    total = usage["prompt_tokens"] + usage["completion_tokens"]
+    return EvalRow(variant=name, settings=settings, prompt=prompt.ref if prompt is not None else None, n=n,
+                   failed=int((~ok).sum()), cached=cached, metrics=metrics,
+                   tokens_per_1k_items=round(total / max(1, n) * 1000, 1),
+                   cost_per_1k_items=None if cost is None else round(cost / max(1, n) * 1000, 6),
+                   seconds_per_item=round(seconds / max(1, n), 4), seconds=round(seconds, 2), calibration=calibration)
 
 
 def _prompt_path(root: Path, prompt: str) -> str:
@@ -262,100 +347,126 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _row(name, settings, metrics, failed, n, usage, cost, seconds, cached, prompt_ref) -> dict[str, Any]:
-    total = usage["prompt_tokens"] + usage["completion_tokens"]
-    return {"variant": name, "settings": settings, "prompt": prompt_ref, "n": n, "failed": failed, "cached": cached,
-            "metrics": metrics.model_dump() if metrics is not None else None,
-            "tokens_per_1k_items": round(total / max(1, n) * 1000, 1),
-            "cost_per_1k_items": None if cost is None else round(cost / max(1, n) * 1000, 6),
-            "seconds_per_item": round(seconds / max(1, n), 4), "seconds": round(seconds, 2)}
-
-
-def _compare_best(rows, preds_by_variant, gold, n_boot) -> list[dict[str, Any]]:
+def _compare_best(rows: list[EvalRow], tables: dict[str, Any], n_boot: int) -> list[ComparisonRow]:
     """Paired comparison of the best variant against each other one, on the items both labeled."""
-    from ._metrics import compare, scored_labels
+    import numpy as np
 
-    if len(rows) < 2 or not rows[0]["metrics"]:
+    from ._metrics import compare_matrix, scored_columns
+
+    if len(rows) < 2 or not rows[0].metrics:
         return []
-    best = rows[0]["variant"]
+    best = rows[0].variant
+    classes = sorted({lab for t in tables.values() for lab in t.labels})
+    ok_b, G, Pb, top_b, _ = _ok_matrices(tables[best], classes)
     out = []
     for r in rows[1:]:
-        a, b = preds_by_variant[r["variant"]], preds_by_variant[best]
-        both = [i for i in range(len(gold)) if a[i] is not None and b[i] is not None]
-        if not both:
+        ok_a, _, Pa, top_a, _ = _ok_matrices(tables[r.variant], classes)
+        both = ok_a & ok_b
+        if not both.any():
             continue
-        g, pa, pb = [gold[i] for i in both], [a[i] for i in both], [b[i] for i in both]
-        cmp = compare(g, pa, pb, scored_labels(g, pa, pb), n_boot=n_boot)
-        out.append({"best": best, "other": r["variant"], "items": len(both), **cmp.model_dump()})
+        use = scored_columns(G[both], Pa[both], Pb[both])
+        remap = np.full(len(classes) + 1, -1, dtype=np.int64)
+        remap[use] = np.arange(len(use))
+        cmp = compare_matrix(G[both][:, use], Pa[both][:, use], remap[top_a[both]], Pb[both][:, use], remap[top_b[both]],
+                             [classes[j] for j in use], n_boot=n_boot)
+        out.append(ComparisonRow(best=best, other=r.variant, items=int(both.sum()), **cmp.model_dump()))
     return out
 
 
-def _fmt(m: dict[str, Any] | None, key: str) -> str:
-    if not m or m.get(key) is None:
+def _sort_key(row: EvalRow, primary: str) -> float:
+    """Best first by the primary metric; a variant without figures last."""
+    if row.metrics is None:
+        return float("inf")
+    value = getattr(row.metrics, primary)
+    return -(value if value is not None else float("-inf"))
+
+
+def _fmt(m: Agreement | None, key: str) -> str:
+    value = None if m is None else getattr(m, key)
+    if value is None:
         return "n/a"
-    band = (m.get("ci") or {}).get(key)
-    return f"{m[key]:.3f}" + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else "")
+    band = m.ci.get(key)  # type: ignore[union-attr]
+    return f"{value:.3f}" + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else "")
 
 
-def _ece(row: dict[str, Any]) -> str:
-    cal = row.get("calibration")
+def _ece(row: EvalRow) -> str:
+    cal = row.calibration
     return "n/a" if not cal else f"{cal['ece']:.3f} [{cal['ece_raw']:.3f}]"
 
 
-def leaderboard_markdown(result: dict[str, Any]) -> str:
-    """The leaderboard as a markdown table, then the paired comparisons."""
-    s = result["split"]
-    lines = [f"# Leaderboard: {result['spec']}", "",
-             f"Held-out texts: {s['held_out']} (split `{s['file']}`, seed {s['seed']}); example pool: {s['pool']} texts "
-             f"(held-out texts and identical texts excluded). Sorted by {result['primary']}; 95% bootstrap CIs.", "",
+_BOARD_HEADER = ("variant", "top-1 acc", "micro-F1", "macro-F1", "samples Jaccard", "kappa", "alpha", "ECE", "failed",
+                 "tokens/1k items", "cost/1k items (USD)", "s/item")
+_COMPARE_HEADER = ("other", "items", "Δ top-1 (best − other) [95% CI]", "p (bootstrap)", "McNemar p", "only best right",
+                   "only other right")
+
+
+def _board(result: EvalResult) -> tuple[str, list[str], list[list[str]], str | None, list[list[str]]]:
+    """The leaderboard as data: title, notes, one list of cells per variant, the comparison's title and rows."""
+    s = result.split
+    notes = [f"Held-out texts: {s.held_out} (split `{s.file}`, seed {s.seed}); example pool: {s.pool} texts "
+             f"(held-out texts and identical texts excluded). Sorted by {result.primary}; 95% bootstrap CIs.",
              "ECE: expected calibration error of the top label's probability after cross-fitted calibration (raw in "
-             "brackets); n/a where the model gives no per-label probabilities.", "",
-             "| variant | top-1 acc | micro-F1 | macro-F1 | samples Jaccard | kappa | alpha | ECE | failed | tokens/1k items | cost/1k items (USD) | s/item |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        m = r["metrics"]
-        cost = "n/a" if r["cost_per_1k_items"] is None else f"{r['cost_per_1k_items']:.4f}"
-        lines.append(f"| {r['variant']} | {_fmt(m, 'top1_accuracy')} | {_fmt(m, 'micro_f1')} | {_fmt(m, 'macro_f1')} | "
-                     f"{_fmt(m, 'samples_jaccard')} | {_fmt(m, 'cohen_kappa')} | {_fmt(m, 'krippendorff_alpha')} | {_ece(r)} | "
-                     f"{r['failed']}/{r['n']} | {r['tokens_per_1k_items']:,.0f} | {cost} | {r['seconds_per_item']:.3f} |")
-    if result["comparisons"]:
-        lines += ["", f"## Paired comparison: best ({result['comparisons'][0]['best']}) vs each other variant", "",
-                  "| other | items | Δ top-1 (best − other) [95% CI] | p (bootstrap) | McNemar p | only best right | only other right |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in result["comparisons"]:
-            d = c["metrics"].get("top1_accuracy") or {}
-            band = d.get("ci")
-            diff = "n/a" if d.get("diff") is None else f"{d['diff']:+.3f}" + (f" [{band[0]:+.3f}, {band[1]:+.3f}]" if band else "")
-            p = "n/a" if d.get("p_value") is None else f"{d['p_value']:.4f}"
-            mc = c["mcnemar"]
-            lines.append(f"| {c['other']} | {c['items']} | {diff} | {p} | {mc['p_value']:.4g} | {mc['b01']} | {mc['b10']} |")
+             "brackets); n/a where the model gives no per-label probabilities."]
+    rows = []
+    for r in result.rows:
+        m = r.metrics
+        cost = "n/a" if r.cost_per_1k_items is None else f"{r.cost_per_1k_items:.4f}"
+        rows.append([r.variant, _fmt(m, "top1_accuracy"), _fmt(m, "micro_f1"), _fmt(m, "macro_f1"),
+                     _fmt(m, "samples_jaccard"), _fmt(m, "cohen_kappa"), _fmt(m, "krippendorff_alpha"), _ece(r),
+                     f"{r.failed}/{r.n}", f"{r.tokens_per_1k_items:,.0f}", cost, f"{r.seconds_per_item:.3f}"])
+    title = None
+    comparisons = []
+    if result.comparisons:
+        title = f"Paired comparison: best ({result.comparisons[0].best}) vs each other variant"
+        for c in result.comparisons:
+            d = c.metrics.get("top1_accuracy")
+            band = d.ci if d else None
+            diff = "n/a" if d is None or d.diff is None else (
+                f"{d.diff:+.3f}" + (f" [{band[0]:+.3f}, {band[1]:+.3f}]" if band else ""))
+            p = "n/a" if d is None or d.p_value is None else f"{d.p_value:.4f}"
+            mc = c.mcnemar
+            comparisons.append([c.other, str(c.items), diff, p, f"{mc.p_value:.4g}", str(mc.b01), str(mc.b10)])
+    return f"Leaderboard: {result.spec}", notes, rows, title, comparisons
+
+
+def leaderboard_markdown(result: EvalResult) -> str:
+    """The leaderboard as a markdown table, then the paired comparisons."""
+    title, notes, rows, cmp_title, cmp_rows = _board(result)
+
+    def table(header: Sequence[str], body: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
+
+    lines = [f"# {title}", ""]
+    for note in notes:
+        lines += [note, ""]
+    lines += table(_BOARD_HEADER, rows)
+    if cmp_title:
+        lines += ["", f"## {cmp_title}", "", *table(_COMPARE_HEADER, cmp_rows)]
     return "\n".join(lines) + "\n"
 
 
-def _leaderboard_html(result: dict[str, Any]) -> str:
-    """The same leaderboard as an HTML page (every text escaped)."""
+def _leaderboard_html(result: EvalResult) -> str:
+    """The same leaderboard as an HTML page, built from the results (every text escaped)."""
     e = html.escape
-    md = leaderboard_markdown(result).splitlines()
-    body = []
-    for line in md:
-        if line.startswith("|---"):
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-        elif line.startswith("#"):
-            body.append(f"<h2>{e(line.lstrip('# '))}</h2><table>")
-        elif line.strip():
-            body.append(f"<p>{e(line)}</p>")
-    page = "\n".join(body).replace("</p>\n<tr>", "</p>\n<table><tr>")
+    title, notes, rows, cmp_title, cmp_rows = _board(result)
+
+    def table(header: Sequence[str], body: list[list[str]]) -> str:
+        head = "<tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>"
+        return "<table>" + head + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>"
+
+    parts = [f"<h2>{e(title)}</h2>", *(f"<p>{e(n)}</p>" for n in notes), table(_BOARD_HEADER, rows)]
+    if cmp_title:
+        parts += [f"<h2>{e(cmp_title)}</h2>", table(_COMPARE_HEADER, cmp_rows)]
     return ("<!doctype html><html lang='zh'><meta charset='utf-8'><title>labelwise leaderboard</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-            "td{border:1px solid #ccc;padding:4px 8px}</style>" + page + "</table><img alt='agreement vs cost' "
-            "src='agreement_vs_cost.png'></html>")
+            "td,th{border:1px solid #ccc;padding:4px 8px}</style>" + "\n".join(parts) +
+            "<img alt='agreement vs cost' src='agreement_vs_cost.png'></html>")
 
 
-def check_gates(result: dict[str, Any], gates: list[str]) -> list[str]:
+def check_gates(result: EvalResult | dict[str, Any], gates: list[str]) -> list[str]:
     """Failed gates among `[VARIANT:]METRIC=VALUE` (no variant: every row that isn't the baseline)."""
+    if isinstance(result, EvalResult):
+        result = result.to_json()
     failures = []
     for gate in gates:
         target, _, value = gate.partition("=")
@@ -376,7 +487,7 @@ def check_gates(result: dict[str, Any], gates: list[str]) -> list[str]:
     return failures
 
 
-def run_eval(spec_path: str | Path, **kwargs: Any) -> dict[str, Any]:
+def run_eval(spec_path: str | Path, **kwargs: Any) -> EvalResult:
     """Sync wrapper of `arun_eval`."""
     from ._loop import run_sync
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["bundled", "atomic_write_text", "atomic_write_bytes", "atomic_write_lines", "atomic_write_json", "append_jsonl",
-           "read_jsonl_repairing", "spreadsheet_safe", "spreadsheet_value", "write_spreadsheet_csv"]
+           "read_jsonl_repairing", "repair_torn_tail", "iter_jsonl_lines", "spreadsheet_safe", "spreadsheet_value",
+           "write_spreadsheet_csv", "write_spreadsheet_csv_rows"]
 
 # A cell starting with one of these is run as a formula by spreadsheet apps (OWASP "CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -87,6 +90,33 @@ def write_spreadsheet_csv(path: str | Path, df) -> None:
     atomic_write_bytes(path, safe.to_csv(index=False).encode("utf-8-sig"))  # BOM so Excel reads the Chinese text right
 
 
+def write_spreadsheet_csv_rows(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Atomically write rows as they come, byte for byte as `write_spreadsheet_csv` would write the same DataFrame.
+
+    Nothing but one block of rows is held at a time, so a run's CSVs cost no memory per row. None is an empty cell,
+    a bool `True`/`False`, a float its shortest repr (as pandas writes them); returns how many rows were written.
+    """
+    count = 0
+
+    def blocks() -> Iterator[bytes]:
+        nonlocal count
+        buf = io.StringIO()
+        out = csv.writer(buf, lineterminator="\n")
+        out.writerow([spreadsheet_safe(str(c)) for c in header])
+        yield "\ufeff".encode("utf-8") + buf.getvalue().encode("utf-8")
+        buf.seek(0), buf.truncate()
+        for row in rows:
+            out.writerow([spreadsheet_safe(v) for v in row])
+            count += 1
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue().encode("utf-8")
+                buf.seek(0), buf.truncate()
+        yield buf.getvalue().encode("utf-8")
+
+    atomic_write_lines(path, blocks())
+    return count
+
+
 def parse_yaml(text: str, path: str | Path, error: type[Exception]) -> Any:
     """YAML from `text`; a syntax error becomes `error` naming the file, line and column."""
     import yaml
@@ -123,6 +153,51 @@ def read_jsonl_repairing(path: str | Path) -> tuple[list[dict[str, Any]], int]:
 
             raise RunError(f"{path}, line {n}: not valid JSON ({e.msg}); fix or remove that line") from None
     return rows, cut
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Truncate a torn (unterminated) last line of a JSONL file in place; returns the bytes cut (0 if none)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos, keep = size, 0
+        while pos > 0:  # look back block by block for the last newline
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            block = f.read(pos - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        f.truncate(keep)
+        return size - keep
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(byte offset, raw line, parsed object) of each non-blank line, read as a stream; a bad line names its number."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        offset = 0
+        for n, line in enumerate(f, 1):
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                yield start, line, json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                from ._exceptions import RunError
+
+                raise RunError(f"{path}, line {n}: not valid JSON ({getattr(e, 'msg', e)}); fix or remove that line") from None
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:

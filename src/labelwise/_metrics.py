@@ -41,6 +41,10 @@ __all__ = [
     "score",
     "compare",
     "confusion",
+    "score_matrix",
+    "compare_matrix",
+    "scored_columns",
+    "confusion_matrix",
     "expected_calibration_error",
     "top_label_confidence",
 ]
@@ -192,25 +196,36 @@ def _prepare(gold: Sequence[Collection[str]], preds: list[Sequence[Sequence[str]
     index = {x: j for j, x in enumerate(labels)}
     G = _binarize(g, index)
     Ps = [_binarize(p, index) for p in ps]
+    hits = [np.array([bool(r) and r[0] in set(gr) for r, gr in zip(rows, g)], dtype=bool) for rows in ps]
+    return _from_matrices(labels, G, Ps, hits)
+
+
+def _hit(G: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Whether each item's top predicted label (a column; -1 = no prediction) is among its gold labels."""
+    return (top >= 0) & G[np.arange(len(G)), np.maximum(top, 0)]
+
+
+def _from_matrices(labels: list[str], G: np.ndarray, Ps: list[np.ndarray], hits: list[np.ndarray]) -> _Data:
+    """The scoring data from item x label boolean matrices and each prediction's top-1 hits."""
     U, codes = np.unique(np.vstack([G, *Ps]), axis=0, return_inverse=True)
     codes = codes.reshape(len(Ps) + 1, -1)
     D = _masi(U)
     n_gold = G.sum(1)
+    n = len(G)
     sides = []
-    for k, (P, rows) in enumerate(zip(Ps, ps)):
+    for k, (P, hit) in enumerate(zip(Ps, hits)):
         tp, fp, fn = G & P, ~G & P, G & ~P
         inter, n_pred = tp.sum(1), P.sum(1)
-        hit = np.array([bool(r) and r[0] in set(gr) for r, gr in zip(rows, g)])
         scalars = np.column_stack(
             [
                 (fp | fn).sum(1) == 0,
                 hit,
-                np.divide(2 * inter, n_gold + n_pred, out=np.zeros(len(g)), where=n_gold + n_pred > 0),
-                np.divide(inter, (G | P).sum(1), out=np.zeros(len(g)), where=(G | P).sum(1) > 0),
+                np.divide(2 * inter, n_gold + n_pred, out=np.zeros(n), where=n_gold + n_pred > 0),
+                np.divide(inter, (G | P).sum(1), out=np.zeros(n), where=(G | P).sum(1) > 0),
                 D[codes[0], codes[k + 1]],
             ]
         ).astype(np.float64)
-        sides.append(_Side(P, scalars, np.hstack([tp, fp, fn]).astype(np.float64), codes[k + 1], hit))
+        sides.append(_Side(P, scalars, np.hstack([tp, fp, fn]).astype(np.float32), codes[k + 1], hit))
     return _Data(labels, G, codes[0], D, sides)
 
 
@@ -224,7 +239,8 @@ def _metrics(W: np.ndarray, C: np.ndarray, side: _Side, D: np.ndarray) -> dict[s
     n = W.sum(1)
     L = side.counts.shape[1] // 3
     s = (side.scalars.T @ W.T).T  # not W @ X: OpenBLAS is ~100x slower on (few x huge) @ (huge x few)
-    tp, fp, fn = np.split((side.counts.T @ W.T).T, 3, axis=1)
+    # counts are 0/1 in float32 (half the memory of a run's rows); the sums are whole numbers below 2**24, so exact
+    tp, fp, fn = np.split((side.counts.T @ W.T.astype(np.float32)).T.astype(np.float64), 3, axis=1)
     g1, p1 = tp + fn, tp + fp
     f1 = _div(2 * tp, 2 * tp + fp + fn)
     nn = n[:, None]
@@ -333,7 +349,30 @@ def score(
     `labels` is the full label set (taxonomy), default the sorted union of both sides; a label outside
     it raises ValueError rather than being silently dropped. A bare string item counts as one label.
     """
-    data = _prepare(gold, [pred], labels)
+    return _score(_prepare(gold, [pred], labels), n_boot, seed, ci)
+
+
+def score_matrix(
+    G: np.ndarray, P: np.ndarray, top: np.ndarray, labels: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+    ci: float = 0.95,
+) -> Agreement:
+    """`score` from item x label boolean matrices (gold, predicted) and each item's top predicted column (-1: none).
+
+    Equal to `score` on the same items; a run's report uses it to score 100,000s of rows without a list per row.
+    """
+    if not len(G):
+        raise ValueError("no items to score")
+    if not len(labels):
+        raise ValueError("no labels: gold and predictions are all empty and no label set was given")
+    return _score(_from_matrices(list(labels), G, [P], [_hit(G, top)]), n_boot, seed, ci)
+
+
+def scored_columns(*matrices: np.ndarray) -> np.ndarray:
+    """`scored_labels` on matrices: the columns (in order) that some row of some matrix uses."""
+    return np.flatnonzero(np.logical_or.reduce([M.any(0) for M in matrices]))
+
+
+def _score(data: _Data, n_boot: int, seed: int, ci: float) -> Agreement:
     side = data.sides[0]
     p = _point(data, side)
     boot = _bootstrap(data, n_boot, seed)[0] if n_boot > 0 else {}
@@ -396,7 +435,20 @@ def compare(
     The p-value is two-sided from the paired bootstrap: twice the smaller share of resampled differences
     on either side of 0, with a +1 correction so it is never 0 from a finite number of resamples.
     """
-    data = _prepare(gold, [pred_a, pred_b], labels)
+    return _compare(_prepare(gold, [pred_a, pred_b], labels), n_boot, seed, ci)
+
+
+def compare_matrix(
+    G: np.ndarray, Pa: np.ndarray, top_a: np.ndarray, Pb: np.ndarray, top_b: np.ndarray, labels: Sequence[str], *,
+    n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+) -> Comparison:
+    """`compare` from item x label boolean matrices and top predicted columns (-1: none), as `score_matrix`."""
+    if not len(G):
+        raise ValueError("no items to score")
+    return _compare(_from_matrices(list(labels), G, [Pa, Pb], [_hit(G, top_a), _hit(G, top_b)]), n_boot, seed, ci)
+
+
+def _compare(data: _Data, n_boot: int, seed: int, ci: float) -> Comparison:
     pa, pb = (_point(data, s) for s in data.sides)
     ba, bb = _bootstrap(data, n_boot, seed) if n_boot > 0 else ({}, {})
     metrics = {}
@@ -431,13 +483,20 @@ def confusion(
     An item with several gold labels adds one count to each of its gold rows, so row sums are supports.
     """
     data = _prepare(gold, [pred], labels)
-    cols = [*data.labels, NO_PREDICTION]
     index = {x: j for j, x in enumerate(data.labels)}
-    top = np.array([index[r[0]] if r else len(data.labels) for r in _items(pred)])
+    top = np.array([index[r[0]] if r else -1 for r in _items(pred)], dtype=np.int64)
+    return confusion_matrix(data.G, top, data.labels)
+
+
+def confusion_matrix(G: np.ndarray, top: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """`confusion` from a gold item x label boolean matrix and each item's top predicted column (-1: none)."""
+    labels = list(labels)
+    cols = [*labels, NO_PREDICTION]
+    top = np.where(top < 0, len(labels), top)
     onehot = np.zeros((len(top), len(cols)), dtype=np.int64)
     onehot[np.arange(len(top)), top] = 1
-    counts = data.G.astype(np.int64).T @ onehot
-    return pd.DataFrame(counts, index=pd.Index(data.labels, name="gold"), columns=pd.Index(cols, name="predicted"))
+    counts = G.astype(np.int64).T @ onehot
+    return pd.DataFrame(counts, index=pd.Index(labels, name="gold"), columns=pd.Index(cols, name="predicted"))
 
 
 def top_label_confidence(P: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

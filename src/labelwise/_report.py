@@ -12,9 +12,14 @@ from typing import Any
 
 from ._corpus import item_id, load_corpus
 from ._exceptions import CorpusError
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv
+from pydantic import BaseModel
 
-__all__ = ["Joined", "load_labels", "join", "agree", "write_run_outputs", "agreement_table", "HEADLINE"]
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, spreadsheet_value, write_spreadsheet_csv_rows
+from ._metrics import Agreement, Comparison
+
+__all__ = ["Joined", "AgreeResult", "PairedResult", "RunCounts", "RunReport", "load_labels", "join", "agree",
+           "write_run_outputs", "write_run_report",
+           "agreement_table", "HEADLINE"]
 
 HEADLINE = ("n", "exact_match", "top1_accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_jaccard",
             "hamming_loss", "cohen_kappa", "cohen_kappa_multiclass", "krippendorff_alpha")
@@ -119,8 +124,34 @@ def join(gold: dict[str, dict[str, Any]], pred: dict[str, dict[str, Any]]) -> Jo
     return j
 
 
+class PairedResult(Comparison):
+    """`agree --vs`: the second predictions' path, how many items both scored, and the paired comparison."""
+
+    path: str
+    items_compared: int
+
+
+class AgreeResult(BaseModel):
+    """What `labelwise agree` found: the join's counts, the agreement, and the paired comparison (with --vs)."""
+
+    counts: dict[str, int]
+    agreement: Agreement
+    vs: PairedResult | None = None
+    plot: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat object `agree --json` prints: counts, the agreement's fields, then `vs` and `plot` when present."""
+        out: dict[str, Any] = {"counts": self.counts, **self.agreement.model_dump()}
+        if self.vs is not None:
+            vs = self.vs.model_dump()
+            out["vs"] = {"path": vs.pop("path"), "items_compared": vs.pop("items_compared"), **vs}
+        if self.plot is not None:
+            out["plot"] = self.plot
+        return out
+
+
 def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = None, *, plot: str | Path | None = None,
-          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+          n_boot: int = 1000, seed: int = 0) -> AgreeResult:
     """Score predictions (and optionally a second set, paired) against gold; the `labelwise agree` result."""
     from ._metrics import compare, confusion, score, scored_labels
 
@@ -130,7 +161,7 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
     if not j.ids:
         raise CorpusError("no item is both in the gold file and (not failed) in the predictions", path=pred_path)
     labels = scored_labels(j.gold, j.pred)
-    result: dict[str, Any] = {"counts": j.counts(), **score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed).model_dump()}
+    result = AgreeResult(counts=j.counts(), agreement=score(j.gold, j.pred, labels, n_boot=n_boot, seed=seed))
     if vs is not None:
         other = load_labels(vs)
         both = [i for i, iid in enumerate(j.ids) if iid in other and other[iid]["status"] == "ok"]
@@ -139,17 +170,21 @@ def agree(gold_path: str | Path, pred_path: str | Path, vs: str | Path | None = 
         g = [j.gold[i] for i in both]
         labels2 = scored_labels(j.gold, j.pred, [other[j.ids[i]]["labels"] for i in both])
         cmp = compare(g, [j.pred[i] for i in both], [other[j.ids[i]]["labels"] for i in both], labels2, n_boot=n_boot, seed=seed)
-        result["vs"] = {"path": str(vs), "items_compared": len(both), **cmp.model_dump()}
+        result.vs = PairedResult(path=str(vs), items_compared=len(both), **cmp.model_dump())
     if plot is not None:
         from ._plots import plot_confusion
 
         plot_confusion(confusion(j.gold, j.pred, labels), plot)
-        result["plot"] = str(plot)
+        result.plot = str(plot)
     return result
 
 
-def agreement_table(result: dict[str, Any]) -> str:
-    """A readable plain-text table of the headline figures with their 95% CIs."""
+def agreement_table(result: Agreement | AgreeResult | dict[str, Any]) -> str:
+    """A readable plain-text table of the headline figures with their 95% CIs (and the join's counts, if given)."""
+    if isinstance(result, AgreeResult):
+        result = result.to_json()
+    elif isinstance(result, Agreement):
+        result = result.model_dump()
     lines = [f"{'metric':<24}{'value':>9}   95% CI"]
     ci = result.get("ci") or {}
     for key in HEADLINE:
@@ -167,68 +202,111 @@ def agreement_table(result: dict[str, Any]) -> str:
 
 
 LABEL_ISSUE_COLUMNS = ("id", "text", "existing_labels", "suggested_labels", "issue_score", "existing_label_probs", "source")
+LABELS_COLUMNS = ("id", "text", "existing_labels", "new_labels", "confidence", "status", "agrees", "exact", "error")
+
+
+class RunCounts(BaseModel):
+    """How many prediction rows a run has, how many were ok, failed, scored against gold, and disagree."""
+
+    predictions: int
+    ok: int
+    failed: int
+    scored: int
+    disagreements: int
+
+
+class RunReport(BaseModel):
+    """What report.json holds: the counts, the agreement with the existing labels, the triage summary."""
+
+    counts: RunCounts
+    metrics: Agreement | None = None
+    triage: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's object (no `triage` key for a run without a triage, as before)."""
+        out = self.model_dump()
+        if self.triage is None:
+            out.pop("triage")
+        return out
+
+
+def _issue_cells(r) -> list[Any]:
+    """One TriageRow as the cells of label_issues.csv."""
+    return [r.id, r.text, "|".join(r.existing_labels), "|".join(r.suggested_labels), round(r.issue_score, 6),
+            "|".join(f"{lab}={p:.3f}" for lab, p in r.existing_label_probs.items()), r.source]
 
 
 def label_issues_table(triage, top: int | None = None):
     """label_issues.csv as a DataFrame: every scored item (or the `top` first), likeliest error first; labels `|`-joined."""
     import pandas as pd
 
-    rows = triage.rows[:top]
-    return pd.DataFrame({  # column lists, not a dict per row: a run may have 100,000 rows
-        "id": [r.id for r in rows], "text": [r.text for r in rows],
-        "existing_labels": ["|".join(r.existing_labels) for r in rows],
-        "suggested_labels": ["|".join(r.suggested_labels) for r in rows],
-        "issue_score": [round(r.issue_score, 6) for r in rows],
-        "existing_label_probs": ["|".join(f"{lab}={p:.3f}" for lab, p in r.existing_label_probs.items()) for r in rows],
-        "source": [r.source for r in rows],
-    }, columns=list(LABEL_ISSUE_COLUMNS))
+    return pd.DataFrame([_issue_cells(r) for r in triage.rows[:top]], columns=list(LABEL_ISSUE_COLUMNS))
+
+
+def _label_cells(r: dict[str, Any]) -> list[Any]:
+    """One prediction row (with its gold) as the cells of labels.csv."""
+    gold, ok = r.get("gold"), r["status"] == "ok"
+    return [r["id"], r["text"], "|".join(gold) if gold is not None else "", "|".join(r["labels"]), r.get("confidence"),
+            r["status"], (bool(r["labels"]) and r["labels"][0] in gold) if gold is not None and ok else None,
+            set(r["labels"]) == set(gold) if gold is not None and ok else None, r.get("error") or ""]
 
 
 def write_run_outputs(run_dir: Path, rows: list[dict[str, Any]], triage=None) -> dict[str, Any]:
-    """labels.csv, disagreements.csv, label_issues.csv (given a triage), report.json and report.html for a run."""
-    import pandas as pd
+    """`write_run_report` for prediction rows given in memory (in input order); returns report.json's object."""
+    from ._io import write_jsonl
+    from ._runs import read_predictions
 
-    from ._metrics import confusion, score, scored_labels
+    with tempfile.TemporaryDirectory() as tmp:
+        write_jsonl(Path(tmp) / "predictions.jsonl", rows)
+        return write_run_report(run_dir, read_predictions(Path(tmp)), triage).to_json()
 
-    if triage is not None:  # first, so its table is gone before the others are built (a run may have 100k rows)
-        write_spreadsheet_csv(run_dir / "label_issues.csv", label_issues_table(triage))
-    table = pd.DataFrame([{
-        "id": r["id"], "text": r["text"],
-        "existing_labels": "|".join(r["gold"]) if r.get("gold") is not None else "",
-        "new_labels": "|".join(r["labels"]), "confidence": r.get("confidence"), "status": r["status"],
-        "agrees": (bool(r["labels"]) and r["labels"][0] in r["gold"]) if r.get("gold") is not None and r["status"] == "ok" else None,
-        "exact": set(r["labels"]) == set(r["gold"]) if r.get("gold") is not None and r["status"] == "ok" else None,
-        "error": r.get("error") or "",
-    } for r in rows], columns=["id", "text", "existing_labels", "new_labels", "confidence", "status", "agrees", "exact", "error"])
-    write_spreadsheet_csv(run_dir / "labels.csv", table)
+
+def write_run_report(run_dir: Path, table, triage=None) -> RunReport:
+    """labels.csv, disagreements.csv, label_issues.csv (given a triage), report.json and report.html for a run.
+
+    `table` is the run's predictions read back as arrays (rows in input order); every CSV row is streamed from the
+    predictions file as it is written, so the files cost no memory per row.
+    """
+    import numpy as np
+
+    from ._metrics import confusion_matrix, score_matrix, scored_columns
+
+    if triage is not None:
+        write_spreadsheet_csv_rows(run_dir / "label_issues.csv", LABEL_ISSUE_COLUMNS, map(_issue_cells, triage.rows))
+    write_spreadsheet_csv_rows(run_dir / "labels.csv", LABELS_COLUMNS, map(_label_cells, table.rows()))
+    hit = (table.top >= 0) & table.G[np.arange(len(table)), np.maximum(table.top, 0)]
+    dis_rows = np.flatnonzero(table.has_gold & table.ok & ~hit)
+    conf = table.confidence[dis_rows]
     # surest first; a stable sort keeps ties (equal or no confidence) in input order, so the file is reproducible
-    dis = table[table["agrees"] == False].sort_values(  # noqa: E712
-        "confidence", ascending=False, na_position="last", kind="stable")
-    write_spreadsheet_csv(run_dir / "disagreements.csv", dis)
+    dis_rows = dis_rows[np.lexsort((np.arange(len(dis_rows)), np.where(np.isnan(conf), np.inf, -conf)))]
+    write_spreadsheet_csv_rows(run_dir / "disagreements.csv", LABELS_COLUMNS, map(_label_cells, table.rows(dis_rows)))
 
-    scored = [r for r in rows if r["status"] == "ok" and r.get("gold")]
-    counts = {"predictions": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-              "failed": sum(r["status"] == "failed" for r in rows), "scored": len(scored),
-              "disagreements": int(len(dis))}
+    scored = table.ok & table.G.any(1)
+    counts = RunCounts(predictions=len(table), ok=int(table.ok.sum()), failed=int((~table.ok).sum()),
+                       scored=int(scored.sum()), disagreements=len(dis_rows))
     metrics = None
     png = None
-    if scored:
-        gold = [r["gold"] for r in scored]
-        pred = [r["labels"] for r in scored]
-        all_labels = scored_labels(gold, pred)
-        metrics = score(gold, pred, all_labels).model_dump()
+    if scored.any():
+        G, P = table.G[scored], table.P[scored]
+        cols = scored_columns(G, P)
+        remap = np.full(len(table.labels) + 1, -1, dtype=np.int64)
+        remap[cols] = np.arange(len(cols))
+        top = remap[table.top[scored]]  # -1 stays -1 (the extra last slot)
+        labels = [table.labels[j] for j in cols]
+        G, P = G[:, cols], P[:, cols]
+        metrics = score_matrix(G, P, top, labels)
         from ._plots import plot_confusion
 
         with tempfile.TemporaryDirectory() as tmp:
-            plot_confusion(confusion(gold, pred, all_labels), Path(tmp) / "confusion.png")
+            plot_confusion(confusion_matrix(G, top, labels), Path(tmp) / "confusion.png")
             png = (Path(tmp) / "confusion.png").read_bytes()
         atomic_write_bytes(run_dir / "confusion.png", png)
-    report = {"counts": counts, "metrics": metrics}
-    if triage is not None:
-        report["triage"] = triage.summary()
-    atomic_write_json(run_dir / "report.json", report)
-    atomic_write_text(run_dir / "report.html", _html(counts, metrics, png, dis.head(100), _triage_html(triage) if triage else ""))
-    return {"counts": counts, "metrics": metrics, "triage": report.get("triage")}
+    report = RunReport(counts=counts, metrics=metrics, triage=triage.summary() if triage is not None else None)
+    atomic_write_json(run_dir / "report.json", report.to_json())
+    top_dis = [dict(zip(LABELS_COLUMNS, _label_cells(r))) for r in table.rows(dis_rows[:100])]
+    atomic_write_text(run_dir / "report.html", _html(counts.model_dump(), report.to_json()["metrics"], png, top_dis,
+                                                     _triage_html(triage) if triage else ""))
+    return report
 
 
 def _reliability_svg(bins: list[dict[str, Any]]) -> str:
@@ -264,7 +342,8 @@ def _triage_html(triage, top: int = 50) -> str:
         parts.append("</table>")
     parts.append("<table><tr><th>issue score</th><th>id</th><th>text</th><th>existing</th><th>suggested</th>"
                  "<th>p(existing)</th><th>source</th></tr>")
-    for _, r in label_issues_table(triage, top).iterrows():
+    for cells in map(_issue_cells, triage.rows[:top]):
+        r = dict(zip(LABEL_ISSUE_COLUMNS, cells))
         parts.append(f"<tr><td class=num>{r['issue_score']:.3f}</td><td>{e(str(r['id']))}</td><td>{e(str(r['text']))}</td>"
                      f"<td>{e(str(r['existing_labels']))}</td><td>{e(str(r['suggested_labels']))}</td>"
                      f"<td>{e(str(r['existing_label_probs']))}</td><td>{e(str(r['source']))}</td></tr>")
@@ -272,7 +351,8 @@ def _triage_html(triage, top: int = 50) -> str:
     return "\n".join(parts)
 
 
-def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | None, dis, triage_html: str = "") -> str:
+def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | None, dis: list[dict[str, Any]],
+          triage_html: str = "") -> str:
     e = html.escape
     parts = ["<!doctype html><html lang='zh'><meta charset='utf-8'><title>labelwise relabel report</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
@@ -299,7 +379,7 @@ def _html(counts: dict[str, int], metrics: dict[str, Any] | None, png: bytes | N
     parts.append(triage_html)
     parts.append("<h2>Top disagreements (model surest first)</h2><table><tr><th>id</th><th>text</th><th>existing</th>"
                  "<th>model</th><th>confidence</th></tr>")
-    for _, r in dis.iterrows():
+    for r in dis:
         conf = "" if r["confidence"] is None or r["confidence"] != r["confidence"] else f"{r['confidence']:.3f}"
         parts.append(f"<tr><td>{e(str(r['id']))}</td><td>{e(str(r['text']))}</td><td>{e(str(r['existing_labels']))}</td>"
                      f"<td>{e(str(r['new_labels']))}</td><td class=num>{conf}</td></tr>")

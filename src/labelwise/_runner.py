@@ -10,21 +10,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._corpus import Corpus, load_corpus
 from ._batch import BatchConfig, batchable
 from ._exceptions import FatalTransportError, RunError
-from ._io import append_jsonl, atomic_write_json, read_jsonl_repairing, write_jsonl
+from ._io import atomic_write_json
 from ._labeler import Labeler
 from ._prices import cost_of, estimate_tokens, load_prices
 from ._progress import Progress
 from ._prompts import EXAMPLE_MAX_CHARS
+from ._metrics import Agreement
 from ._redact import redact
+from ._runs import CHUNK, LabelStats, label_into
 from ._schema import Prediction
 from ._settings import LabelSettings, RunOptions
 
-__all__ = ["RelabelConfig", "relabel", "arelabel", "select_items"]
+__all__ = ["RelabelConfig", "RunResult", "RunCounts", "relabel", "arelabel", "select_items"]
 
 class RelabelConfig(BaseModel):
     """A relabel run: input, output directory, what to label and how."""
@@ -118,21 +121,8 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], settings: dict[str
             p.rename(run_dir / f"{name}.replaced-{stamp}")
 
 
-def _resume(pred_path: Path, wanted: set[str]) -> tuple[dict[str, dict], int, int]:
-    """Keep one ok line per wanted id; drop failed and duplicate lines (they are redone); repair a torn tail."""
-    rows, cut = read_jsonl_repairing(pred_path)
-    keep: dict[str, dict] = {}
-    for row in rows:
-        if row.get("id") in wanted and row.get("status") == "ok" and row["id"] not in keep:
-            keep[row["id"]] = row
-    dropped = len(rows) - len(keep)
-    if dropped:
-        write_jsonl(pred_path, keep.values())
-    return keep, dropped, cut
-
-
-async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Relabel a dataset into cfg.out; resumable; returns the run summary (or the dry-run estimate)."""
+async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> RunResult | dict[str, Any]:
+    """Relabel a dataset into cfg.out; resumable; returns the run's result (or the dry-run / export summary)."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     corpus = load_corpus(cfg.input, text_col=cfg.text_col, label_col=cfg.label_col, skip_bad=cfg.skip_bad,
@@ -192,7 +182,7 @@ def _lock_run_dir(run_dir: Path):
 
 
 async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,
-               started: datetime, t0: float, progress: bool | None) -> dict[str, Any]:
+               started: datetime, t0: float, progress: bool | None) -> RunResult:
     """The run itself, with the run directory locked: resume, label, write the review files and the manifest."""
     pool = cfg.settings.examples
     input_hash = _sha256(cfg.input)
@@ -205,10 +195,6 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
     atomic_write_json(run_dir / "run.json", {"fingerprint": fingerprint, "settings": cfg.settings.model_dump(),
                                             "started": started.isoformat()})
 
-    pred_path = run_dir / "predictions.jsonl"
-    gold = {it.id: list(it.labels) if corpus.labeled else None for it in items}
-    done, redone, torn = _resume(pred_path, set(gold))
-    todo = [(it.id, it.text) for it in items if it.id not in done]
     ahead = None
     if corpus.labeled and cfg.triage != "llm":  # triage's corpus classifier needs no answers: fit it while labeling
         from ._triage import CorpusAhead
@@ -216,44 +202,48 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
         ahead = CorpusAhead([(it.id, it.text, it.labels) for it in items if it.labels], labeler.pool,
                             labeler.taxonomy.labels, seed=cfg.seed, cache_dir=cfg.options.cache_dir, cache=cfg.options.cache)
     tty = sys.stderr.isatty() if progress is None else progress
-    bar = Progress(len(items), len(done), tty and cfg.batch is None)  # a batch run shows its own bar while waiting
+    pred_path = run_dir / "predictions.jsonl"
+    gold = [it.labels for it in items] if corpus.labeled else None
     batch = None
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     fatal: FatalTransportError | None = None
+    stats = None
+    bar = None
     try:
-        with open(pred_path, "a", encoding="utf-8") as f:
-            def record(pred: Prediction) -> None:
-                row = {**pred.model_dump(), "gold": gold[pred.id]}
-                append_jsonl(f, row)
-                if not pred.cached:
-                    for k in usage:
-                        usage[k] += pred.usage.get(k, 0)
-                bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))
+        predictor: Any = labeler if cfg.batch is None else _BatchPredictor(cfg.batch, labeler, run_dir, prices, tty, items)
 
-            try:
-                if cfg.batch is not None:
-                    from ._batch import arun_batch
+        def show(pred: Prediction) -> None:
+            bar.update(pred, cost_of(pred.usage, labeler.model.name, prices))  # type: ignore[union-attr]
 
-                    batch = await arun_batch(cfg.batch, labeler, todo, run_dir, record, prices, progress=tty,
-                                             known={it.id: it.text for it in items})
-                else:
-                    await labeler.alabel_items(todo, on_result=record, collect=False)
-            except FatalTransportError as err:  # no new request was sent after it; answers received are written
-                fatal = err
+        def started_bar(resumed: LabelStats) -> None:
+            nonlocal bar
+            # a batch run shows its own bar while waiting
+            bar = Progress(len(items), resumed.resumed, tty and cfg.batch is None)
+
+        try:
+            stats = await label_into(pred_path, predictor, items, gold, on_result=show, on_start=started_bar,
+                                     chunk=len(items) if cfg.batch is not None else CHUNK)  # a batch takes them all
+            if cfg.batch is not None:
+                if predictor.summary is None:  # nothing left to label: still collect or report the run's batches
+                    await predictor.alabel_items([], on_result=show)
+                batch = predictor.summary
+        except FatalTransportError as err:  # no new request was sent after it; answers received are written
+            fatal = err
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         await labeler.aclose()
 
-    from ._report import write_run_outputs
+    from ._report import write_run_report
+    from ._runs import read_predictions
 
-    rows, _ = read_jsonl_repairing(pred_path)
-    order = {it.id: n for n, it in enumerate(items)}
-    rows.sort(key=lambda r: order.get(r["id"], len(order)))  # input order, so reports don't depend on timing
+    table = read_predictions(pred_path, [it.id for it in items], labeler.taxonomy.labels)
     triage = None
     if corpus.labeled:
         from ._cache import ResponseCache
         from ._triage import triage_run
 
+        scored = np.flatnonzero(table.G.any(1))  # every row with existing labels (failed ones have no label_probs)
+        rows = [{k: r.get(k) for k in ("id", "text", "gold", "status", "label_probs")} for r in table.rows(scored)]
         memo = ResponseCache(cfg.options.cache_dir) if cfg.options.cache else None  # a cached rerun reuses its triage
         try:
             triage = triage_run(rows, labeler.taxonomy.labels, labeler.pool, cfg.triage, seed=cfg.seed, cache=memo,
@@ -261,7 +251,17 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
         finally:
             if memo is not None:
                 memo.close()
-    summary = write_run_outputs(run_dir, rows, triage)
+        del rows
+    report = write_run_report(run_dir, table, triage)
+    first_error = None
+    if not table.ok.all():
+        first_error = table.row(int(np.flatnonzero(~table.ok)[0])).get("error")
+    resumed = stats.resumed if stats is not None else 0
+    counts = {"selected": len(items), "resumed": resumed,
+              "redone_or_deduplicated_lines": stats.redone_or_deduplicated_lines if stats is not None else 0,
+              "torn_bytes_repaired": stats.torn_bytes_repaired if stats is not None else 0,
+              "labeled_now": report.counts.predictions - resumed, **report.counts.model_dump()}
+    usage = stats.usage if stats is not None else {"prompt_tokens": 0, "completion_tokens": 0}
     finished = datetime.now(timezone.utc)
     from . import __version__
 
@@ -280,8 +280,7 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
         "prompt": labeler.prompt.ref, "strategy": cfg.settings.strategy, "shots": labeler.shots,
         "taxonomy": labeler.taxonomy.source, "multi_label": cfg.settings.multi_label,
         "items_per_request": cfg.settings.items_per_request, "concurrency": cfg.options.concurrency,
-        "counts": {"selected": len(items), "resumed": len(done), "redone_or_deduplicated_lines": redone,
-                   "torn_bytes_repaired": torn, "labeled_now": len(rows) - len(done), **summary["counts"]},
+        "counts": counts,
         "tokens_this_session": usage, "cost_usd_this_session": cost_of(usage, labeler.model.name, prices) if batch is None
         else _sum(batch["cost_usd"], batch["online_reask_cost_usd"]), "batch": batch,
         "model_calls": labeler.stats["model_calls"], "reasks": labeler.stats["reasks"],
@@ -293,9 +292,58 @@ async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, l
         raise FatalTransportError(f"{fatal} -- run stopped: no new requests were sent after it; "
                                   f"{manifest['counts']['ok']} answers received were written to {run_dir}",
                                   status=fatal.status, attempts=fatal.attempts) from fatal
-    first_error = next((r.get("error") for r in rows if r["status"] == "failed"), None)
-    return {"run_dir": str(run_dir), "manifest": manifest, "metrics": summary["metrics"], "first_error": first_error,
-            "triage": summary["triage"]}
+    return RunResult(run_dir=str(run_dir), counts=RunCounts(**counts), seconds=manifest["seconds"], tokens_this_session=usage,
+                     skipped_lines=manifest["input"]["skipped_lines"], batch=batch, metrics=report.metrics,
+                     triage=report.triage, first_error=first_error, manifest=manifest)
+
+
+class RunCounts(BaseModel):
+    """A run's rows: selected, resumed, redone, labeled now, and the report's ok / failed / scored / disagreeing."""
+
+    selected: int
+    resumed: int
+    redone_or_deduplicated_lines: int
+    torn_bytes_repaired: int
+    labeled_now: int
+    predictions: int
+    ok: int
+    failed: int
+    scored: int
+    disagreements: int
+
+
+class RunResult(BaseModel):
+    """What a finished relabel run returns: where it is, its counts and figures; `manifest` is manifest.json's object."""
+
+    run_dir: str
+    counts: RunCounts
+    seconds: float
+    tokens_this_session: dict[str, int]
+    skipped_lines: list[dict[str, Any]]
+    batch: dict[str, Any] | None = None
+    metrics: Agreement | None = None
+    triage: dict[str, Any] | None = None
+    first_error: str | None = None
+    manifest: dict[str, Any]
+
+
+class _BatchPredictor:
+    """A relabel run's batch files (Batch API or import) as a predictor: all its items go in one call."""
+
+    def __init__(self, cfg: BatchConfig, labeler: Labeler, run_dir: Path, prices, progress: bool, items: list) -> None:
+        self.cfg, self.labeler, self.run_dir, self.prices = cfg, labeler, run_dir, prices
+        self.progress, self.items = progress, items
+        self.summary: dict[str, Any] | None = None
+
+    async def alabel_items(self, items, *, on_result=None, collect: bool = False) -> list:
+        from ._batch import arun_batch
+
+        self.summary = await arun_batch(self.cfg, self.labeler, list(items), self.run_dir, on_result or (lambda p: None),
+                                        self.prices, progress=self.progress, known={it.id: it.text for it in self.items})
+        return []
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the run closes its labeler."""
 
 
 def _dry_run(cfg: RelabelConfig, corpus: Corpus, items: list, labeler: Labeler, prices) -> dict[str, Any]:
@@ -323,7 +371,7 @@ def _sum(*costs: float | None) -> float | None:
     return None if any(c is None for c in costs) else sum(costs)  # type: ignore[arg-type]
 
 
-def relabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> dict[str, Any]:
+def relabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> RunResult | dict[str, Any]:
     """Sync wrapper of `arelabel`."""
     from ._loop import run_sync
 

@@ -163,7 +163,7 @@ def relabel(
         typer.echo(f"interrupted: submitted batches keep running; run the same command again to collect them "
                    f"(labelwise batch status {out})", err=True)
         raise typer.Exit(130)
-    if "exported" in result:
+    if isinstance(result, dict) and "exported" in result:
         typer.echo(f"wrote {result['requests']:,} requests for {result['items']:,} texts to {result['exported']} "
                    f"({result['already_cached']:,} already answered); nothing was called")
         return
@@ -179,16 +179,15 @@ def relabel(
         if batch and cost is not None:
             typer.echo(f"online: ${result['estimated_online_cost_usd']:.4f}, batch: ${result['estimated_batch_cost_usd']:.4f}")
         return
-    m = result["manifest"]
-    c = m["counts"]
-    skipped = m["input"]["skipped_lines"]
+    c = result.counts
+    skipped = result.skipped_lines
     if skipped:
         shown = ", ".join(str(s["line"]) for s in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
         typer.echo(f"skipped {len(skipped)} malformed input lines (--skip-bad): lines {shown}; see manifest.json", err=True)
-    typer.echo(f"run: {result['run_dir']}  ({c['selected']} texts: {c['resumed']} resumed, {c['labeled_now']} labeled now, "
-               f"{c['failed']} failed)  {m['seconds']:.1f}s, tokens {sum(m['tokens_this_session'].values()):,}")
-    if m.get("batch"):
-        b = m["batch"]
+    typer.echo(f"run: {result.run_dir}  ({c.selected} texts: {c.resumed} resumed, {c.labeled_now} labeled now, "
+               f"{c.failed} failed)  {result.seconds:.1f}s, tokens {sum(result.tokens_this_session.values()):,}")
+    if result.batch:
+        b = result.batch
         cost = "cost unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f} at batch prices"
         done = (f"{len(b['batches'])} batches, {b['requests_submitted']:,} requests" if b["mode"] == "api" else
                 f"{b['lines']:,} result lines ({b['lines_already_done']:,} already done, "
@@ -199,18 +198,18 @@ def relabel(
         if b.get("pending_batches"):
             typer.echo(f"{b['pending_batches']} batches still running; run the same command again to collect them "
                        f"(labelwise batch status {out})", err=True)
-    if result["metrics"]:
-        typer.echo(agreement_table({**result["metrics"], "counts": None}))
-    t = result.get("triage")
+    if result.metrics:
+        typer.echo(agreement_table(result.metrics))
+    t = result.triage
     if t and t["items"]:
-        typer.echo(f"likeliest label errors: {result['run_dir']}/label_issues.csv (ranked by {t['source']})")
+        typer.echo(f"likeliest label errors: {result.run_dir}/label_issues.csv (ranked by {t['source']})")
         for note in t["notes"]:
             typer.echo(f"note: {note}", err=True)
-    typer.echo(f"review: {result['run_dir']}/disagreements.csv, {result['run_dir']}/report.html")
-    if c["failed"]:
-        typer.echo(f"{c['failed']} texts failed; run the same command again to retry them", err=True)
-    if c["predictions"] and not c["ok"]:
-        typer.echo(f"error: every text failed; the first error: {result['first_error']}", err=True)
+    typer.echo(f"review: {result.run_dir}/disagreements.csv, {result.run_dir}/report.html")
+    if c.failed:
+        typer.echo(f"{c.failed} texts failed; run the same command again to retry them", err=True)
+    if c.predictions and not c.ok:
+        typer.echo(f"error: every text failed; the first error: {result.first_error}", err=True)
         raise typer.Exit(ExitCode.ALL_FAILED)
 
 
@@ -232,18 +231,18 @@ def agree(
     except (LabelwiseError, ValueError) as err:
         _fail(err)
     if as_json:
-        typer.echo(json.dumps(result, ensure_ascii=False))
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
         return
     typer.echo(agreement_table(result))
-    if "vs" in result:
-        v = result["vs"]
-        typer.echo(f"\n{pred} (a) vs {v['path']} (b) on {v['items_compared']} items: difference b - a")
-        for key, d in v["metrics"].items():
-            if d["diff"] is not None:
-                band = d["ci"]
-                typer.echo(f"  {key:<22}{d['diff']:+.4f}  CI [{band[0]:+.4f}, {band[1]:+.4f}]  p={d['p_value']:.4f}" if band else f"  {key:<22}{d['diff']:+.4f}")
-        mc = v["mcnemar"]
-        typer.echo(f"  McNemar top-1: only b right {mc['b01']}, only a right {mc['b10']}, p={mc['p_value']:.4g} ({mc['method']})")
+    if result.vs is not None:
+        v = result.vs
+        typer.echo(f"\n{pred} (a) vs {v.path} (b) on {v.items_compared} items: difference b - a")
+        for key, d in v.metrics.items():
+            if d.diff is not None:
+                band = d.ci
+                typer.echo(f"  {key:<22}{d.diff:+.4f}  CI [{band[0]:+.4f}, {band[1]:+.4f}]  p={d.p_value:.4f}" if band else f"  {key:<22}{d.diff:+.4f}")
+        mc = v.mcnemar
+        typer.echo(f"  McNemar top-1: only b right {mc.b01}, only a right {mc.b10}, p={mc.p_value:.4g} ({mc.method})")
     if plot:
         typer.echo(f"confusion heatmap: {plot}")
 
@@ -266,7 +265,7 @@ def eval_(
     except (LabelwiseError, ValueError) as err:
         _fail(err)
     typer.echo(leaderboard_markdown(result))
-    typer.echo(f"written to {result['out']}/ (leaderboard.md, leaderboard.html, results.json, agreement_vs_cost.png)")
+    typer.echo(f"written to {result.out}/ (leaderboard.md, leaderboard.html, results.json, agreement_vs_cost.png)")
     if failures:
         for f in failures:
             typer.echo(f"FAIL: {f}", err=True)
