@@ -136,6 +136,10 @@ def test_leaderboard_html_escapes_a_hostile_variant_name(fake_spec, tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;|pwn" in page
     hostile_row = next(r for r in re.findall(r"<tr>.*?</tr>", page) if "onerror" in r and "<td>" in r)
     assert hostile_row.count("<td>") == 12  # the name's `|` stays inside its cell: the page is built from the data
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    md_row = next(ln for ln in md.splitlines() if "onerror" in ln and ln.startswith("|") and "items" not in ln)
+    assert "<img src=x onerror=alert(1)>\\|pwn" in md_row
+    assert len(re.findall(r"(?<!\\)\|", md_row)) == 13  # 12 cells: the escaped `|` splits nothing
 
 
 def test_streamed_csv_is_byte_for_byte_the_dataframe_csv(tmp_path):

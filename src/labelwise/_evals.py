@@ -433,8 +433,11 @@ def leaderboard_markdown(result: EvalResult) -> str:
     """The leaderboard as a markdown table, then the paired comparisons."""
     title, notes, rows, cmp_title, cmp_rows = _board(result)
 
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"  # a name can't split a row
+
     def table(header: Sequence[str], body: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
+        return [row(header), "|" + "---|" * len(header), *(row(r) for r in body)]
 
     lines = [f"# {title}", ""]
     for note in notes:
