@@ -292,6 +292,8 @@ class OpenAIModel(Model):
         except RuntimeError:
             loop = None
         client = self._clients.get(loop)
+        if client is None and loop is not None and None in self._clients and not self._closed:
+            client = self._clients[loop] = self._clients.pop(None)  # built outside any loop, so not bound yet: adopt it
         if client is None:
             if self._closed and self._clients:  # after close: the last client, closed
                 return next(reversed(self._clients.values()))
