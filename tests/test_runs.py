@@ -12,7 +12,7 @@ import pytest
 
 from labelwise._baseline import TfidfBaseline
 from labelwise._evals import BASELINE, _slug, run_eval
-from labelwise._runs import label_into, read_predictions
+from labelwise._runs import label_into, lock_run_dir, read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +153,20 @@ def test_streamed_csv_is_byte_for_byte_the_dataframe_csv(tmp_path):
     write_spreadsheet_csv(tmp_path / "df.csv", pd.DataFrame(rows, columns=header))
     assert write_spreadsheet_csv_rows(tmp_path / "rows.csv", header, iter(rows)) == 4
     assert (tmp_path / "rows.csv").read_bytes() == (tmp_path / "df.csv").read_bytes()
+
+
+def test_a_second_eval_on_the_same_directory_is_refused_and_sends_nothing(fake_spec, tmp_path):
+    """Variants append to their predictions as they go, so two evals in one directory would interleave lines."""
+    from labelwise import RunError
+
+    spec, server = fake_spec
+    out = tmp_path / "out"
+    held = lock_run_dir(out)  # another process's eval, as far as this one can tell
+    try:
+        with pytest.raises(RunError, match="in use by another labelwise run"):
+            run_eval(spec, out=out, cache_dir=str(tmp_path / "c"), progress=False)
+    finally:
+        held.release()
+    assert server.stats.completions == 0 and not list(out.glob("*/predictions.jsonl"))
+    run_eval(spec, out=out, cache_dir=str(tmp_path / "c"), progress=False)  # released: it runs
+    assert server.stats.completions == 12

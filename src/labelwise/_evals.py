@@ -213,7 +213,7 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
     from ._labeler import Labeler
     from ._prices import cost_of, load_prices
     from ._progress import Progress
-    from ._runs import label_into, read_predictions, sort_predictions
+    from ._runs import label_into, lock_run_dir, read_predictions, sort_predictions
 
     spec, root = load_spec(spec_path)
     corpus = load_corpus(_resolve(root, spec.dataset))
@@ -231,58 +231,60 @@ async def arun_eval(spec_path: str | Path, *, out: str | Path | None = None, onl
             raise SpecError(f"no variant named {unknown}; variants: {list(variants)}")
         variants = {name: v for name, v in variants.items() if name in only}
     out_dir = Path(out or Path("runs") / f"eval-{spec.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prices = load_prices(_resolve(root, spec.prices))
-    gold = [it.labels for it in test]
-    classes = sorted({lab for it in corpus.items for lab in it.labels} | set(load_taxonomy(taxonomy).labels if taxonomy else ()))
-    split_fp = stable_hash([ids, [it.id for it in pool.items]])
-    rows: list[EvalRow] = []
-    tables: dict[str, Any] = {}
-    tty = sys.stderr.isatty() if progress is None else progress
+    lock = lock_run_dir(out_dir)  # variants append to their predictions as they go: one eval at a time per directory
+    try:
+        prices = load_prices(_resolve(root, spec.prices))
+        gold = [it.labels for it in test]
+        classes = sorted({lab for it in corpus.items for lab in it.labels} | set(load_taxonomy(taxonomy).labels if taxonomy else ()))
+        split_fp = stable_hash([ids, [it.id for it in pool.items]])
+        rows: list[EvalRow] = []
+        tables: dict[str, Any] = {}
+        tty = sys.stderr.isatty() if progress is None else progress
 
-    async def run(name: str, predictor: Any, settings: dict[str, Any], fingerprint: dict[str, Any], model: str) -> None:
-        path = out_dir / _slug(name) / "predictions.jsonl"
-        bars: list[Progress] = []  # started once resuming is done, at the resumed count
-        t0 = time.monotonic()
-        try:
-            stats = await label_into(
-                path, predictor, test, gold, fingerprint={**fingerprint, "split": split_fp},
-                on_start=lambda st: bars.append(Progress(len(test), st.resumed, tty, title=name)),
-                on_result=lambda p: bars[0].update(p, cost_of(p.usage, model, prices)))
-        finally:
-            for bar in bars:
-                bar.close()
-            await predictor.aclose()
-        sort_predictions(path, ids)  # held-out order, as the split file lists them
-        table = tables[name] = read_predictions(path, ids, classes)
-        rows.append(_score_row(name, settings, table, classes, model, prices, time.monotonic() - t0,
-                               stats.resumed + stats.cached_now, spec.n_boot,
-                               getattr(predictor, "prompt", None)))
+        async def run(name: str, predictor: Any, settings: dict[str, Any], fingerprint: dict[str, Any], model: str) -> None:
+            path = out_dir / _slug(name) / "predictions.jsonl"
+            bars: list[Progress] = []  # started once resuming is done, at the resumed count
+            t0 = time.monotonic()
+            try:
+                stats = await label_into(
+                    path, predictor, test, gold, fingerprint={**fingerprint, "split": split_fp},
+                    on_start=lambda st: bars.append(Progress(len(test), st.resumed, tty, title=name)),
+                    on_result=lambda p: bars[0].update(p, cost_of(p.usage, model, prices)))
+            finally:
+                for bar in bars:
+                    bar.close()
+                await predictor.aclose()
+            sort_predictions(path, ids)  # held-out order, as the split file lists them
+            table = tables[name] = read_predictions(path, ids, classes)
+            rows.append(_score_row(name, settings, table, classes, model, prices, time.monotonic() - t0,
+                                   stats.resumed + stats.cached_now, spec.n_boot,
+                                   getattr(predictor, "prompt", None)))
 
-    options = RunOptions(concurrency=spec.concurrency, cache_dir=cache_dir)
-    for name, settings in variants.items():
-        resolved = settings.updated(prompt=_prompt_path(root, settings.prompt))
-        labeler = Labeler.from_settings(resolved, options, pool=pool)
-        await run(name, labeler, settings.model_dump(exclude_defaults=True),
-                  {"settings": resolved.model_dump(mode="json"), "prompt": labeler.prompt.ref,
-                   "model": labeler.model.identity(), "labels": labeler.taxonomy.labels}, labeler.model.name)
-    if spec.baseline and (not only or BASELINE in only):
-        await run(BASELINE, TfidfBaseline(pool, classes), {"model": "scikit-learn"},
-                  {"variant": BASELINE, "labels": classes}, "scikit-learn")
+        options = RunOptions(concurrency=spec.concurrency, cache_dir=cache_dir)
+        for name, settings in variants.items():
+            resolved = settings.updated(prompt=_prompt_path(root, settings.prompt))
+            labeler = Labeler.from_settings(resolved, options, pool=pool)
+            await run(name, labeler, settings.model_dump(exclude_defaults=True), {"labeler": labeler.fingerprint},
+                      labeler.model.name)
+        if spec.baseline and (not only or BASELINE in only):
+            await run(BASELINE, TfidfBaseline(pool, classes), {"model": "scikit-learn"},
+                      {"variant": BASELINE, "labels": classes}, "scikit-learn")
 
-    rows.sort(key=lambda r: _sort_key(r, spec.primary))
-    result = EvalResult(spec=spec.name, primary=spec.primary,
-                        split=SplitInfo(file=spec.split.file, held_out=len(test), pool=len(pool), seed=spec.split.seed),
-                        rows=rows, comparisons=_compare_best(rows, tables, spec.n_boot))
-    atomic_write_json(out_dir / "results.json", result.to_json())
-    atomic_write_text(out_dir / "leaderboard.md", leaderboard_markdown(result))
-    atomic_write_text(out_dir / "leaderboard.html", _leaderboard_html(result))
-    from ._plots import plot_scatter
+        rows.sort(key=lambda r: _sort_key(r, spec.primary))
+        result = EvalResult(spec=spec.name, primary=spec.primary,
+                            split=SplitInfo(file=spec.split.file, held_out=len(test), pool=len(pool), seed=spec.split.seed),
+                            rows=rows, comparisons=_compare_best(rows, tables, spec.n_boot))
+        atomic_write_json(out_dir / "results.json", result.to_json())
+        atomic_write_text(out_dir / "leaderboard.md", leaderboard_markdown(result))
+        atomic_write_text(out_dir / "leaderboard.html", _leaderboard_html(result))
+        from ._plots import plot_scatter
 
-    plot_scatter([(r.variant, r.tokens_per_1k_items, (r.metrics.model_dump() if r.metrics else {}).get(spec.primary) or 0.0)
-                  for r in rows], out_dir / "agreement_vs_cost.png", "tokens per 1,000 items (prompt + completion)", spec.primary)
-    result.out = str(out_dir)
-    return result
+        plot_scatter([(r.variant, r.tokens_per_1k_items, (r.metrics.model_dump() if r.metrics else {}).get(spec.primary) or 0.0)
+                      for r in rows], out_dir / "agreement_vs_cost.png", "tokens per 1,000 items (prompt + completion)", spec.primary)
+        result.out = str(out_dir)
+        return result
+    finally:
+        lock.release()
 
 
 def _ok_matrices(table, classes: list[str]):

@@ -23,7 +23,7 @@ from ._progress import Progress
 from ._prompts import EXAMPLE_MAX_CHARS
 from ._metrics import Agreement
 from ._redact import redact
-from ._runs import CHUNK, LabelStats, label_into
+from ._runs import CHUNK, LabelStats, label_into, lock_run_dir
 from ._schema import Prediction
 from ._settings import LabelSettings, RunOptions
 
@@ -145,7 +145,7 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
 
     run_dir = Path(cfg.out)
     try:
-        lock = _lock_run_dir(run_dir)
+        lock = lock_run_dir(run_dir)
     except BaseException:
         await labeler.aclose()
         raise
@@ -153,32 +153,6 @@ async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run:
         return await _run(cfg, run_dir, corpus, items, labeler, prices, started, t0, progress)
     finally:
         lock.release()
-
-
-def _lock_run_dir(run_dir: Path):
-    """Create and hold the run directory for this process; a second run on it is refused, naming the holder's PID."""
-    import os
-
-    from filelock import FileLock, Timeout
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        what = "is a file, not a directory" if run_dir.is_file() else f"can't be created ({err.strerror or err})"
-        raise RunError(f"--out {run_dir} {what}; give a directory path") from None
-    lock = FileLock(run_dir / ".lock", timeout=0)
-    pid_file = run_dir / ".lock.pid"
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            holder = pid_file.read_text(encoding="utf-8").strip() or "unknown"
-        except OSError:
-            holder = "unknown"
-        raise RunError(f"{run_dir} is in use by another labelwise run (PID {holder}); wait for it to finish "
-                       "or give another --out") from None
-    atomic_write_json(pid_file, os.getpid())
-    return lock
 
 
 async def _run(cfg: RelabelConfig, run_dir: Path, corpus: Corpus, items: list, labeler: Labeler, prices,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from ._io import append_jsonl, atomic_write_json, atomic_write_lines, iter_jsonl_lines, repair_torn_tail
 from ._schema import Prediction
 
-__all__ = ["Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path",
+__all__ = ["lock_run_dir", "Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path",
            "sort_predictions"]
 
 # Items handed to the predictor at a time: its to-do list, batches and example prefetch hold only these, and a
@@ -301,3 +301,31 @@ def read_predictions(target: str | Path, order_ids: Sequence[str] = (), prob_lab
         gold_flat=gf[take] if len(gf) else gf, gold_start=new_start,
         confidence=np.frombuffer(confidence, dtype=np.float64)[perm] if n else np.zeros(0),
         probs=P_probs, has_probs=has, cached=b(cached), usage=usage)
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Create and hold a run (or eval) directory for this process; a second run on it is refused, naming the holder's PID."""
+    import os
+
+    from filelock import FileLock, Timeout
+
+    from ._exceptions import RunError
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "is a file, not a directory" if run_dir.is_file() else f"can't be created ({err.strerror or err})"
+        raise RunError(f"--out {run_dir} {what}; give a directory path") from None
+    lock = FileLock(run_dir / ".lock", timeout=0)
+    pid_file = run_dir / ".lock.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = pid_file.read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise RunError(f"{run_dir} is in use by another labelwise run (PID {holder}); wait for it to finish "
+                       "or give another --out") from None
+    atomic_write_json(pid_file, os.getpid())
+    return lock
