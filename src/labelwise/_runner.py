@@ -23,7 +23,7 @@ from ._progress import Progress
 from ._prompts import EXAMPLE_MAX_CHARS
 from ._metrics import Agreement
 from ._redact import redact
-from ._runs import CHUNK, LabelStats, label_into, lock_run_dir
+from ._runs import CHUNK, LabelStats, label_into, lock_run_dir, set_aside
 from ._schema import Prediction
 from ._settings import LabelSettings, RunOptions
 
@@ -114,11 +114,7 @@ def _check_resume(run_dir: Path, fingerprint: dict[str, Any], settings: dict[str
     if not force:
         raise RunError(f"{run_dir} holds a run whose settings differ ({'; '.join(diffs)}); "
                        "use another --out, or --force to start this run over there (old predictions are kept aside)")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for name in ("predictions.jsonl", "run.json", "batch"):  # batch: requests planned under the old settings
-        p = run_dir / name
-        if p.exists():
-            p.rename(run_dir / f"{name}.replaced-{stamp}")
+    set_aside(*(run_dir / name for name in ("predictions.jsonl", "run.json", "batch")))  # batch: planned under the old settings
 
 
 async def arelabel(cfg: RelabelConfig, *, progress: bool | None = None, dry_run: bool = False) -> RunResult | dict[str, Any]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from ._io import append_jsonl, atomic_write_json, atomic_write_lines, iter_jsonl_lines, repair_torn_tail
 from ._schema import Prediction
 
-__all__ = ["lock_run_dir", "Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path",
+__all__ = ["lock_run_dir", "set_aside", "Predictor", "LabelStats", "PredictionTable", "label_into", "read_predictions", "predictions_path",
            "sort_predictions"]
 
 # Items handed to the predictor at a time: its to-do list, batches and example prefetch hold only these, and a
@@ -56,10 +56,12 @@ def predictions_path(target: str | Path) -> Path:
     return target if target.suffix == ".jsonl" else target / "predictions.jsonl"
 
 
-def _set_aside(path: Path) -> None:
+def set_aside(*paths: Path) -> None:
+    """Rename what exists of `paths` to `NAME.replaced-STAMP` (one stamp for all): old answers are kept, not reused."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    if path.exists():
-        path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+    for path in paths:
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
 
 
 def _check_fingerprint(path: Path, fingerprint: dict[str, Any] | None) -> bool:
@@ -70,7 +72,7 @@ def _check_fingerprint(path: Path, fingerprint: dict[str, Any] | None) -> bool:
     old = json.loads(state.read_text(encoding="utf-8")) if state.exists() else None
     restarted = old is not None and old != json.loads(json.dumps(fingerprint, default=str))
     if restarted or (old is None and path.exists()):  # answers of unknown settings are not reused either
-        _set_aside(path)
+        set_aside(path)
         restarted = True
     if old is None or restarted:
         atomic_write_json(state, fingerprint)
